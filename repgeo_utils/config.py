@@ -1,0 +1,141 @@
+"""Profiles, paths and seeding.
+
+A *profile* is one frozen dataclass holding every size and setting a notebook needs, so a
+notebook's ``parameters`` cell only names it (``PROFILE = "quick"``) and papermill can swap it
+(``make figures PROFILE=paper``).
+
+- ``quick`` (default): offline, real pretrained MiniLM and real packaged data, minutes on 2 CPU cores.
+- ``paper``: the papers' own models and data from the Hugging Face hub; meant for a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Repository root (the package is installed in editable mode, so this is the checkout).
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """Where caches and checkpoints live (``data/``, or ``$REPGEO_DATA_DIR``)."""
+    return Path(os.environ.get("REPGEO_DATA_DIR", ROOT / "data"))
+
+
+def cache_dir() -> Path:
+    """``data/cache``: every heavy result, keyed by what produced it."""
+    return data_dir() / "cache"
+
+
+def figures_dir() -> Path:
+    """Where figures are written (``figures/``, or ``$REPGEO_FIGURES_DIR``)."""
+    return Path(os.environ.get("REPGEO_FIGURES_DIR", ROOT / "figures"))
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Optimisation settings of one fine-tuning run (part of the cache key)."""
+
+    learning_rate: float = 2e-5
+    epochs: float = 10.0
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_length: int = 128
+    optimizer: str = "adamw_torch"  # Trainer's name; the paper says "Adam"
+    lr_scheduler: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between a quick offline run and the papers' setting."""
+
+    name: str
+    model: str  # key of repgeo_utils.models.MODELS, a hub id or a local folder
+    tasks: tuple[str, ...]  # keys of repgeo_utils.data.TASKS (or "csv:path")
+    model_sizes: tuple[str, ...]  # models compared across sizes (paper 1, Fig 2)
+    max_rows: int | None  # cap on rows per task before splitting (paper: 25,000)
+    finetune: FinetuneSettings
+    # per-task overrides of the fine-tuning settings, e.g. fewer epochs on a bigger task
+    finetune_overrides: dict[str, dict] = field(default_factory=dict)
+    # per-task row caps that override max_rows (keeps the quick profile's tweets small)
+    task_max_rows: dict[str, int] = field(default_factory=dict)
+
+    def finetune_settings(self, task: str) -> FinetuneSettings:
+        """The fine-tuning settings for ``task``, overrides applied."""
+        return replace(self.finetune, **self.finetune_overrides.get(task, {}))
+
+    def rows_for(self, task: str) -> int | None:
+        """Row cap for ``task``."""
+        return self.task_max_rows.get(task, self.max_rows)
+
+
+PROFILES: dict[str, Profile] = {
+    "quick": Profile(
+        name="quick",
+        model="minilm-l6",
+        tasks=("tweets-binary", "tweets-3way", "bbc-news"),
+        model_sizes=("minilm-l6",),
+        max_rows=25_000,
+        # Tuned on 2 CPU cores: each task trains in about a minute and clearly learns.
+        finetune=FinetuneSettings(
+            learning_rate=1e-4, epochs=3, batch_size=32, warmup_ratio=0.06, max_length=64
+        ),
+        finetune_overrides={
+            "tweets-binary": {"epochs": 2, "learning_rate": 5e-5},
+            "tweets-3way": {"epochs": 2, "learning_rate": 5e-5},
+        },
+        task_max_rows={"tweets-binary": 3_000, "tweets-3way": 3_000},
+    ),
+    "paper": Profile(
+        name="paper",
+        model="bert-base",
+        tasks=("imdb", "spotify", "news"),
+        model_sizes=("bert-tiny", "bert-mini", "bert-small", "bert-medium", "bert-base"),
+        max_rows=25_000,
+        # Nadipalli (2025), section 3.1: Adam, learning rate 2e-5, 10 epochs.
+        finetune=FinetuneSettings(learning_rate=2e-5, epochs=10, batch_size=16, max_length=256),
+    ),
+}
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """Look a profile up by name; an unknown name fails with the list of known ones."""
+    if isinstance(name, Profile):
+        return name
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown profile {name!r}. Known profiles: {', '.join(sorted(PROFILES))}."
+        ) from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so a rerun gives the same numbers."""
+    import torch
+
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)

