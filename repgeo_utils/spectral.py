@@ -1,0 +1,630 @@
+# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
+"""Spectral geometry of representations: eigenspectrum, RankMe, alpha-ReQ, phases.
+
+Paper 2 (Li et al., 2025, section 2.1) measures the geometry of a set of representations
+(rows of a ``samples x features`` matrix) by the eigenvalues of their covariance:
+
+- **RankMe**, the exponential of the entropy of the normalised eigenvalues (an effective
+  rank between 1 and the number of eigenvalues). Two variants, always named:
+  ``"covariance"`` (paper 2's code: ``p_i = lambda_i / sum|lambda| + 1e-7``) and
+  ``"singular"`` (Garrido et al., 2023: the same on singular values, ``p`` proportional to
+  ``sqrt(lambda)``).
+- **alpha-ReQ**, the exponent of a power law ``lambda_r ~ r^-alpha`` fitted to the
+  eigenvalues (as fractions of the total variance) by weighted least squares over a range of
+  1-based ranks (default 12..100), weights ``1/r``.
+
+Everything is computed in float64. ``eigenspectrum`` takes the ``features x features``
+covariance or the ``samples x samples`` Gram matrix, whichever is smaller (their nonzero
+eigenvalues are the same); ``CovarianceAccumulator`` gives the same eigenvalues for data
+streamed in batches. ``segment_phases`` labels the warmup, entropy-seeking and
+compression-seeking stretches of a trajectory (paper 2, section 3.1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.linalg
+from jaxtyping import Float
+
+log = logging.getLogger(__name__)
+
+RankMeVariant = Literal["covariance", "singular"]
+
+#: Epsilon added to every normalised eigenvalue before the entropy (paper 2's code; Garrido).
+RANKME_EPS = 1e-7
+
+#: Human-readable names of the RankMe variants, for figure labels.
+RANKME_LABELS: dict[str, str] = {
+    "covariance": "RankMe (covariance eigenvalues)",
+    "singular": "RankMe (singular values)",
+}
+
+#: The three pretraining phases of paper 2, in the order they appear.
+PHASES: tuple[str, str, str] = ("warmup", "entropy-seeking", "compression-seeking")
+
+
+# --- input checks --------------------------------------------------------------------------
+
+
+def _as_float64_matrix(features, name: str = "features") -> np.ndarray:
+    """``features`` (NumPy array, torch tensor or nested list) as a 2-D float64 array."""
+    if hasattr(features, "detach"):  # torch tensor, without importing torch
+        features = features.detach().cpu().numpy()
+    array = np.asarray(features, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D (samples x features) matrix, got {array.ndim}-D "
+            f"with shape {array.shape}; reshape a single vector to (n, 1) or (1, d)."
+        )
+    if array.size == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape}).")
+    if not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite values.")
+    return array
+
+
+def _as_eigenvalues(eigenvalues, name: str = "eigenvalues") -> np.ndarray:
+    """Check a 1-D spectrum: finite, non-empty, not negative beyond round-off."""
+    if hasattr(eigenvalues, "detach"):
+        eigenvalues = eigenvalues.detach().cpu().numpy()
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if lam.ndim != 1:
+        raise ValueError(
+            f"{name} must be 1-D, got shape {lam.shape}; for a feature matrix call "
+            "eigenspectrum(features) first."
+        )
+    if lam.size == 0:
+        raise ValueError(f"{name} is empty.")
+    if not np.isfinite(lam).all():
+        raise ValueError(f"{name} contain NaN or infinite values.")
+    scale = np.abs(lam).max()
+    if scale == 0:
+        raise ValueError(f"{name} are all zero: the features have no variance.")
+    if lam.min() < -1e-8 * scale:
+        raise ValueError(
+            f"{name} must be non-negative (a covariance spectrum), got minimum {lam.min():.3g}."
+        )
+    return np.clip(lam, 0.0, None)
+
+
+# --- eigenspectrum -------------------------------------------------------------------------
+
+
+def _symmetric_eigenvalues(matrix: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric PSD matrix, descending, round-off negatives set to 0."""
+    values = scipy.linalg.eigh(matrix, eigvals_only=True, check_finite=False, driver="evd")
+    return np.clip(values[::-1], 0.0, None)
+
+
+def _gram_upper(x: np.ndarray, transpose: bool) -> np.ndarray:
+    """``x.T @ x`` (``transpose=True``) or ``x @ x.T`` as a full symmetric matrix (BLAS syrk)."""
+    x = np.asfortranarray(x)
+    # syrk computes one triangle in half the flops of a general matrix product
+    upper = scipy.linalg.blas.dsyrk(1.0, x, trans=1 if transpose else 0, lower=0)
+    return np.triu(upper) + np.triu(upper, 1).T
+
+
+def eigenspectrum(
+    features: Float[np.ndarray, "samples features"],
+    center: bool = True,
+    max_eigenvalues: int | None = None,
+) -> Float[np.ndarray, " eigenvalues"]:
+    """Eigenvalues of the feature covariance, descending, in float64.
+
+    The covariance is ``X^T X / (n - 1)`` of the column-centred matrix (``center=False``:
+    the second-moment matrix ``X^T X / n`` of the raw rows). It is formed as the
+    ``features x features`` covariance when ``features <= samples`` and as the
+    ``samples x samples`` Gram matrix ``X X^T`` otherwise; both have the same nonzero
+    eigenvalues. ``min(samples, features)`` eigenvalues are returned (fewer with
+    ``max_eigenvalues``), round-off negatives set to zero.
+
+    Accepts a NumPy array or a torch tensor of any float dtype.
+    """
+    x = _as_float64_matrix(features)
+    n, d = x.shape
+    if center:
+        if n < 2:
+            raise ValueError("A centred covariance needs at least 2 samples, got 1.")
+        x = x - x.mean(axis=0)
+        denominator = n - 1
+    else:
+        denominator = n
+    if max_eigenvalues is not None and max_eigenvalues < 1:
+        raise ValueError(f"max_eigenvalues must be at least 1, got {max_eigenvalues}")
+    route = "covariance" if d <= n else "gram"
+    matrix = _gram_upper(x, transpose=(route == "covariance")) / denominator
+    values = _symmetric_eigenvalues(matrix)[: min(n, d)]
+    log.debug("eigenspectrum of %d x %d features via the %s matrix", n, d, route)
+    if max_eigenvalues is not None:
+        values = values[:max_eigenvalues]
+    return values
+
+
+class CovarianceAccumulator:
+    """Streaming feature covariance: ``update`` batch by batch, then ``eigenvalues()``.
+
+    Keeps the running mean and the centred scatter matrix in float64 and merges each batch
+    with the pairwise update of Chan, Golub and LeVeque (1979), so a large mean does not cancel
+    the variance. Its eigenvalues equal ``eigenspectrum`` of all rows stacked.
+
+    >>> acc = CovarianceAccumulator()
+    >>> for batch in batches:  # doctest: +SKIP
+    ...     acc.update(batch)
+    >>> acc.eigenvalues()  # doctest: +SKIP
+    """
+
+    def __init__(self, center: bool = True) -> None:
+        self.center = center
+        self.n_samples = 0
+        self._mean: np.ndarray | None = None
+        self._scatter: np.ndarray | None = None  # sum of outer products (centred if center)
+
+    @property
+    def n_features(self) -> int | None:
+        """Number of features, fixed by the first batch (``None`` before it)."""
+        return None if self._mean is None else self._mean.shape[0]
+
+    def update(self, batch: Float[np.ndarray, "batch features"]) -> CovarianceAccumulator:
+        """Add the rows of ``batch``; returns ``self`` so calls can be chained."""
+        x = _as_float64_matrix(batch, name="batch")
+        m, d = x.shape
+        if self._mean is not None and d != self._mean.shape[0]:
+            raise ValueError(
+                f"batch has {d} features but earlier batches had {self._mean.shape[0]}."
+            )
+        batch_mean = x.mean(axis=0)
+        if self.center:
+            centred = x - batch_mean
+            batch_scatter = _gram_upper(centred, transpose=True)
+        else:
+            batch_scatter = _gram_upper(x, transpose=True)
+        if self._mean is None:
+            self._mean, self._scatter = batch_mean, batch_scatter
+            self.n_samples = m
+            return self
+        n = self.n_samples
+        total = n + m
+        delta = batch_mean - self._mean
+        if self.center:
+            self._scatter = self._scatter + batch_scatter + np.outer(delta, delta) * (n * m / total)
+        else:
+            self._scatter = self._scatter + batch_scatter
+        self._mean = self._mean + delta * (m / total)
+        self.n_samples = total
+        return self
+
+    @property
+    def mean(self) -> Float[np.ndarray, " features"]:
+        """Mean of all rows seen so far."""
+        if self._mean is None:
+            raise ValueError("No batch has been added yet; call update(batch) first.")
+        return self._mean.copy()
+
+    def covariance(self) -> Float[np.ndarray, "features features"]:
+        """Covariance (``/(n-1)``, centred) or second-moment matrix (``/n``) so far."""
+        if self._scatter is None:
+            raise ValueError("No batch has been added yet; call update(batch) first.")
+        if self.center:
+            if self.n_samples < 2:
+                raise ValueError("A centred covariance needs at least 2 samples, got 1.")
+            return self._scatter / (self.n_samples - 1)
+        return self._scatter / self.n_samples
+
+    def eigenvalues(self, max_eigenvalues: int | None = None) -> Float[np.ndarray, " eigenvalues"]:
+        """Eigenvalues of ``covariance()``, descending; ``min(samples, features)`` of them."""
+        values = _symmetric_eigenvalues(self.covariance())
+        values = values[: min(self.n_samples, values.shape[0])]
+        if max_eigenvalues is not None:
+            if max_eigenvalues < 1:
+                raise ValueError(f"max_eigenvalues must be at least 1, got {max_eigenvalues}")
+            values = values[:max_eigenvalues]
+        return values
+
+
+# --- RankMe --------------------------------------------------------------------------------
+
+
+def rankme(
+    eigenvalues: Float[np.ndarray, " eigenvalues"],
+    variant: RankMeVariant = "covariance",
+) -> float:
+    """Effective rank: ``exp(-sum_i p_i log p_i)`` of the normalised spectrum.
+
+    - ``variant="covariance"`` (paper 2's code): ``p_i = lambda_i / sum_j |lambda_j| + 1e-7``
+      on the covariance eigenvalues.
+    - ``variant="singular"`` (Garrido et al., 2023): ``p_i = sigma_i / sum_j sigma_j + 1e-7``
+      on the singular values ``sigma_i = sqrt(lambda_i)`` (up to a constant factor, which the
+      normalisation removes).
+
+    The singular variant is always the larger of the two for a non-flat spectrum. Both lie
+    between about 1 and ``len(eigenvalues)``; the epsilon lifts the value slightly when many
+    eigenvalues are zero.
+    """
+    lam = _as_eigenvalues(eigenvalues)
+    if variant == "covariance":
+        weights = lam
+    elif variant == "singular":
+        weights = np.sqrt(lam)
+    else:
+        raise ValueError(f"Unknown RankMe variant {variant!r}; use 'covariance' or 'singular'.")
+    p = weights / np.abs(weights).sum() + RANKME_EPS
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+# --- alpha-ReQ -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlphaReqFit:
+    """A power-law fit ``lambda_r / sum(lambda) = exp(intercept) * r^-alpha``."""
+
+    alpha: float  # the decay exponent (the fit's slope against -log r)
+    r2: float  # weighted R^2 of the fit in log space over the fit range
+    fit_range: tuple[int, int]  # first and last 1-based rank used, inclusive
+    intercept: float  # log of the fitted fraction of variance at rank 1
+    n_eigenvalues: int  # length of the spectrum the fit was made on
+
+    def fraction_of_variance(
+        self, ranks: Float[np.ndarray, " ranks"]
+    ) -> Float[np.ndarray, " ranks"]:
+        """The fitted power law at 1-based ``ranks``, as fractions of the total variance."""
+        r = np.asarray(ranks, dtype=np.float64)
+        return np.exp(self.intercept - self.alpha * np.log(r))
+
+
+def alpha_req(
+    eigenvalues: Float[np.ndarray, " eigenvalues"],
+    fit_range: tuple[int, int] = (12, 100),
+) -> AlphaReqFit:
+    """Power-law exponent alpha of a descending spectrum (alpha-ReQ, Agrawal et al., 2022).
+
+    The eigenvalues are normalised to fractions of their sum, then ``log(lambda_r)`` is
+    regressed on ``[-log r, 1]`` by weighted least squares with weights ``1/r`` over the
+    1-based ranks ``fit_range[0] .. fit_range[1]`` inclusive (paper 2's default 12..100,
+    i.e. 0-based indices 11..99). ``alpha`` is the slope; ``r2`` is the weighted R^2 of that
+    fit. The caller's array is never modified.
+    """
+    lam = _as_eigenvalues(eigenvalues)
+    if len(fit_range) != 2:
+        raise ValueError(f"fit_range must be (first_rank, last_rank), got {fit_range!r}")
+    first, last = int(fit_range[0]), int(fit_range[1])
+    if first < 1 or last <= first:
+        raise ValueError(
+            f"fit_range must be 1-based ranks with first >= 1 and last > first, got {fit_range}"
+        )
+    if last > lam.size:
+        raise ValueError(
+            f"fit_range {fit_range} needs at least {last} eigenvalues, but the spectrum has "
+            f"only {lam.size}; use a range within 1..{lam.size}."
+        )
+    if np.any(np.diff(lam) > 1e-12 * lam.max()):
+        raise ValueError("eigenvalues must be sorted in descending order.")
+    fractions = lam / lam.sum()
+    ranks = np.arange(first, last + 1, dtype=np.float64)
+    window = fractions[first - 1 : last]
+    if np.any(window <= 0):
+        nonzero = int(np.count_nonzero(lam))
+        raise ValueError(
+            f"The fit range {fit_range} includes zero eigenvalues: only {nonzero} of the "
+            f"{lam.size} eigenvalues are nonzero; use a range within 1..{nonzero}."
+        )
+    y = np.log(window)
+    design = np.column_stack([-np.log(ranks), np.ones_like(ranks)])
+    weights = 1.0 / ranks
+    root_w = np.sqrt(weights)
+    coef, *_ = np.linalg.lstsq(design * root_w[:, None], y * root_w, rcond=None)
+    alpha, intercept = float(coef[0]), float(coef[1])
+    residual = y - design @ coef
+    y_mean = np.sum(weights * y) / weights.sum()
+    total = np.sum(weights * (y - y_mean) ** 2)
+    r2 = 1.0 - np.sum(weights * residual**2) / total if total > 0 else 1.0
+    return AlphaReqFit(
+        alpha=alpha,
+        r2=float(r2),
+        fit_range=(first, last),
+        intercept=intercept,
+        n_eigenvalues=int(lam.size),
+    )
+
+
+# --- bootstrap -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BootstrapCI:
+    """A statistic on all samples with a bootstrap interval over samples."""
+
+    estimate: float  # the statistic on the full sample
+    low: float
+    high: float
+    bootstrap_mean: float  # mean of the statistic over the resamples
+    confidence: float
+    method: str  # "basic" or "percentile"
+    n_resamples: int
+    seed: int
+
+    @property
+    def bias(self) -> float:
+        """Bootstrap estimate of the plug-in statistic's bias (resample mean minus estimate)."""
+        return self.bootstrap_mean - self.estimate
+
+
+def bootstrap_ci(
+    features: Float[np.ndarray, "samples features"],
+    statistic: Callable[[np.ndarray], float],
+    n_resamples: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+    method: Literal["basic", "percentile"] = "basic",
+    center: bool = True,
+    max_eigenvalues: int | None = None,
+) -> BootstrapCI:
+    """Bootstrap interval of ``statistic(eigenspectrum(rows))`` over rows.
+
+    Rows are resampled with replacement ``n_resamples`` times from a NumPy generator seeded
+    with ``seed``, so the interval is the same on every run.
+
+    Spectral statistics are biased at finite sample size: a resample repeats rows, which
+    spreads its eigenvalues further, so RankMe of a resample is systematically *lower* than
+    RankMe of the sample, which in turn is lower than the population's. The default
+    ``method="basic"`` interval ``[2*estimate - q_high, 2*estimate - q_low]`` corrects that
+    first-order bias (it can lie above the plug-in estimate); ``method="percentile"`` gives
+    the raw quantiles ``[q_low, q_high]`` of the resampled statistic. ``bias`` reports the
+    size of the effect.
+    """
+    x = _as_float64_matrix(features)
+    if n_resamples < 2:
+        raise ValueError(f"n_resamples must be at least 2, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    if method not in ("basic", "percentile"):
+        raise ValueError(f"Unknown bootstrap method {method!r}; use 'basic' or 'percentile'.")
+    spectrum = eigenspectrum(x, center=center, max_eigenvalues=max_eigenvalues)
+    estimate = float(statistic(spectrum))
+    rng = np.random.default_rng(seed)
+    n = x.shape[0]
+    values = np.empty(n_resamples)
+    for i in range(n_resamples):
+        rows = rng.integers(0, n, size=n)
+        resample = eigenspectrum(x[rows], center=center, max_eigenvalues=max_eigenvalues)
+        values[i] = statistic(resample)
+    tail = (1.0 - confidence) / 2.0
+    q_low, q_high = np.quantile(values, [tail, 1.0 - tail])
+    if method == "basic":
+        low, high = 2 * estimate - q_high, 2 * estimate - q_low
+    else:
+        low, high = q_low, q_high
+    return BootstrapCI(
+        estimate=estimate,
+        low=float(low),
+        high=float(high),
+        bootstrap_mean=float(values.mean()),
+        confidence=confidence,
+        method=method,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def rankme_ci(
+    features: Float[np.ndarray, "samples features"],
+    variant: RankMeVariant = "covariance",
+    n_resamples: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+    method: Literal["basic", "percentile"] = "basic",
+) -> BootstrapCI:
+    """RankMe of ``features`` with a seeded bootstrap interval over samples (see bootstrap_ci)."""
+    return bootstrap_ci(
+        features,
+        lambda lam: rankme(lam, variant=variant),
+        n_resamples=n_resamples,
+        confidence=confidence,
+        seed=seed,
+        method=method,
+    )
+
+
+def alpha_req_ci(
+    features: Float[np.ndarray, "samples features"],
+    fit_range: tuple[int, int] = (12, 100),
+    n_resamples: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
+    method: Literal["basic", "percentile"] = "basic",
+    max_eigenvalues: int | None = 2048,
+) -> BootstrapCI:
+    """alpha-ReQ of ``features`` with a seeded bootstrap interval over samples (see bootstrap_ci).
+
+    ``max_eigenvalues`` keeps the top 2,048 eigenvalues as paper 2's code does; the fractions
+    of variance are then taken of their sum.
+    """
+    return bootstrap_ci(
+        features,
+        lambda lam: alpha_req(lam, fit_range=fit_range).alpha,
+        n_resamples=n_resamples,
+        confidence=confidence,
+        seed=seed,
+        method=method,
+        max_eigenvalues=max_eigenvalues,
+    )
+
+
+# --- phases of a trajectory ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One monotone stretch of a trajectory, between two turning points (inclusive)."""
+
+    name: str  # one of PHASES
+    start_step: float
+    end_step: float
+    start_index: int
+    end_index: int
+    start_value: float  # smoothed value at the start
+    end_value: float  # smoothed value at the end
+
+    @property
+    def change(self) -> float:
+        """Smoothed change over the stretch (end minus start)."""
+        return self.end_value - self.start_value
+
+
+@dataclass(frozen=True)
+class PhaseSegmentation:
+    """The labelled stretches of a trajectory, in order, and the named phases it lacks."""
+
+    phases: tuple[Phase, ...]
+    absent: tuple[str, ...]
+    smoothed: Float[np.ndarray, " points"]
+
+    def first(self, name: str) -> Phase | None:
+        """The first stretch labelled ``name``, or ``None`` if that phase is absent."""
+        if name not in PHASES:
+            raise ValueError(f"Unknown phase {name!r}; phases are {', '.join(PHASES)}.")
+        return next((p for p in self.phases if p.name == name), None)
+
+    def describe(self, step_format: str = "{:g}", value_format: str = "{:.2f}") -> str:
+        """One line per stretch, then the absent phases, e.g. for a notebook's summary."""
+        lines = [
+            f"{p.name}: steps {step_format.format(p.start_step)}-{step_format.format(p.end_step)} "
+            f"({value_format.format(p.start_value)} -> {value_format.format(p.end_value)})"
+            for p in self.phases
+        ]
+        lines += [f"{name}: absent" for name in self.absent]
+        return "\n".join(lines)
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average in index space; the window shrinks symmetrically at the ends."""
+    if window <= 1:
+        return values.copy()
+    half = window // 2
+    padded_cumsum = np.concatenate([[0.0], np.cumsum(values)])
+    out = np.empty_like(values)
+    n = values.size
+    for i in range(n):
+        h = min(half, i, n - 1 - i)
+        out[i] = (padded_cumsum[i + h + 1] - padded_cumsum[i - h]) / (2 * h + 1)
+    return out
+
+
+def _monotone_runs(values: np.ndarray, tolerance: float) -> list[list[int]]:
+    """Split ``values`` into alternating runs ``[sign, start, end]``, merging small wiggles.
+
+    A run whose total change is below ``tolerance`` is absorbed into its neighbours (the
+    smallest first), so a trajectory with noise keeps only its substantial turns.
+    """
+    signs = np.sign(np.diff(values))
+    # flat steps continue the previous direction (or the next one at the very start)
+    nonzero = np.flatnonzero(signs)
+    if nonzero.size == 0:
+        return []
+    signs[: nonzero[0]] = signs[nonzero[0]]
+    for i in range(1, signs.size):
+        if signs[i] == 0:
+            signs[i] = signs[i - 1]
+    runs: list[list[int]] = []
+    for i, s in enumerate(signs):
+        if runs and runs[-1][0] == s:
+            runs[-1][2] = i + 1
+        else:
+            runs.append([int(s), i, i + 1])
+
+    def amplitude(run: list[int]) -> float:
+        return abs(values[run[2]] - values[run[1]])
+
+    while len(runs) > 1:
+        k = min(range(len(runs)), key=lambda j: amplitude(runs[j]))
+        if amplitude(runs[k]) >= tolerance:
+            break
+        if k == 0:
+            runs[1][1] = runs[0][1]
+            del runs[0]
+        elif k == len(runs) - 1:
+            runs[-2][2] = runs[-1][2]
+            del runs[-1]
+        else:
+            # left and right neighbours share a sign: fuse all three into one run
+            runs[k - 1][2] = runs[k + 1][2]
+            del runs[k : k + 2]
+    return runs
+
+
+def segment_phases(
+    steps: Sequence[float] | Float[np.ndarray, " points"],
+    values: Sequence[float] | Float[np.ndarray, " points"],
+    smooth_window: int = 3,
+    min_change: float = 0.05,
+    higher_is_expansion: bool = True,
+) -> PhaseSegmentation:
+    """Label the warmup, entropy-seeking and compression-seeking stretches of a trajectory.
+
+    ``values`` (e.g. RankMe at each checkpoint ``steps``) are smoothed with a centred moving
+    average over ``smooth_window`` points (in index space, so log-spaced checkpoints are
+    treated alike), split into stretches of one sign of change, and stretches whose change is
+    below ``min_change`` times the smoothed range are absorbed into their neighbours. Then:
+
+    - a contraction before any expansion is the **warmup** (collapse);
+    - an expansion is **entropy-seeking**;
+    - a contraction after an expansion is **compression-seeking**.
+
+    Later alternations get the same two labels again. Pass ``higher_is_expansion=False`` for
+    a metric that falls when the representation expands (alpha-ReQ). Phases that do not occur
+    are listed in ``absent``.
+    """
+    s = np.asarray(steps, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    if s.ndim != 1 or v.ndim != 1:
+        raise ValueError(f"steps and values must be 1-D, got shapes {s.shape} and {v.shape}.")
+    if s.size != v.size:
+        raise ValueError(f"steps ({s.size}) and values ({v.size}) differ in length.")
+    if v.size < 2:
+        raise ValueError(f"A trajectory needs at least 2 points, got {v.size}.")
+    if not (np.isfinite(s).all() and np.isfinite(v).all()):
+        raise ValueError("steps and values must not contain NaN or infinite values.")
+    if np.any(np.diff(s) <= 0):
+        raise ValueError("steps must be strictly increasing.")
+    if smooth_window < 1:
+        raise ValueError(f"smooth_window must be at least 1, got {smooth_window}")
+    if not 0 <= min_change < 1:
+        raise ValueError(f"min_change must be in [0, 1), got {min_change}")
+
+    smoothed = _moving_average(v, smooth_window)
+    oriented = smoothed if higher_is_expansion else -smoothed
+    span = float(oriented.max() - oriented.min())
+    runs = _monotone_runs(oriented, tolerance=min_change * span) if span > 0 else []
+
+    phases: list[Phase] = []
+    expanded = False
+    for sign, start, end in runs:
+        if sign > 0:
+            name = "entropy-seeking"
+            expanded = True
+        else:
+            name = "compression-seeking" if expanded else "warmup"
+        phases.append(
+            Phase(
+                name=name,
+                start_step=float(s[start]),
+                end_step=float(s[end]),
+                start_index=int(start),
+                end_index=int(end),
+                start_value=float(smoothed[start]),
+                end_value=float(smoothed[end]),
+            )
+        )
+    found = {p.name for p in phases}
+    absent = tuple(name for name in PHASES if name not in found)
+    log.info(
+        "segment_phases: %s",
+        ", ".join(f"{p.name} {p.start_step:g}-{p.end_step:g}" for p in phases) or "no phases",
+    )
+    return PhaseSegmentation(phases=tuple(phases), absent=absent, smoothed=smoothed)
