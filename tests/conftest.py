@@ -1,0 +1,80 @@
+"""Shared test fixtures: seeding, an isolated data folder, tiny random BERTs on disk."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+# Words the tiny models know; anything else maps to [UNK].
+TINY_WORDS = (
+    "the a an is was and or but not very good bad great terrible awful love hate movie film "
+    "plot acting app music news sport sports politics tech business game team won lost vote "
+    "election market shares phone computer happy sad i you it this that of to in on for with "
+    "predictable unpredictable brilliant director cast update updates interface easy hard use"
+).split()
+
+
+def _vocab() -> list[str]:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    return specials + sorted(set(TINY_WORDS)) + chars + ["##" + c for c in chars]
+
+
+def make_tiny_bert(folder: Path, *, layers: int = 2, hidden: int = 16, seed: int = 0) -> Path:
+    """Save a randomly initialised BERT (hub layout: config, safetensors, tokenizer) to folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(_vocab()) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(_vocab()), hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data(tmp_path, monkeypatch):
+    """Every test gets its own data/ and figures/ folders; the repo's are never touched."""
+    monkeypatch.setenv("REPGEO_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("REPGEO_FIGURES_DIR", str(tmp_path / "figures"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-16 random BERT with a ~130-word vocabulary, saved in hub layout."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), layers=2, hidden=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_factory(tmp_path_factory):
+    """Make tiny BERTs of any depth/width (cached per shape for the session)."""
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(layers: int = 2, hidden: int = 16) -> Path:
+        if (layers, hidden) not in made:
+            folder = tmp_path_factory.mktemp(f"tiny-bert-L{layers}-H{hidden}")
+            made[(layers, hidden)] = make_tiny_bert(folder, layers=layers, hidden=hidden)
+        return made[(layers, hidden)]
+
+    return make
