@@ -1,0 +1,315 @@
+"""How similar two models' representations of the same tokens are, layer by layer.
+
+All measures take *paired* activation matrices ``a`` and ``b``: row ``i`` of each is the same
+token of the same text, seen by two models (say pre-trained and fine-tuned). They read the rows
+once, in chunks, so they work on memory-mapped arrays (:class:`~repgeo_utils.activations.
+ShardedArray`, ``np.memmap``) of any length with memory linear in the chunk, never an
+``N x N`` matrix; sums are accumulated in float64.
+
+- :func:`cosine_of_means`: the cosine between the two mean activation vectors. This is what
+  Nadipalli (2025, section 3.2.2) *describes*: average the activations, then compare.
+- :func:`mean_token_cosine`: the mean over tokens of the per-token cosine. This is what that
+  paper's *code* computed (averaged over non-padding tokens). The two differ: a shared mean
+  direction can keep the cosine of means near 1 while individual tokens move a lot.
+- :func:`linear_cka`: linear centred kernel alignment (Kornblith et al., 2019),
+  ``||B_c^T A_c||_F^2 / (||A_c^T A_c||_F ||B_c^T B_c||_F)`` with column-centred ``A_c, B_c``;
+  invariant to rotations and isotropic scaling of either side, and defined for different widths.
+
+:func:`layer_similarity` runs all three for every layer of two
+:class:`~repgeo_utils.activations.ActivationSet` of the same texts and returns a tidy table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from .activations import ActivationSet
+
+log = logging.getLogger(__name__)
+
+Measure = Literal["cosine_of_means", "mean_token_cosine", "linear_cka"]
+#: Every measure, in the order tables and figures show them.
+MEASURES: tuple[str, ...] = ("cosine_of_means", "mean_token_cosine", "linear_cka")
+#: What each measure is, for axis labels and captions.
+MEASURE_LABELS: dict[str, str] = {
+    "cosine_of_means": "cosine of mean activations",
+    "mean_token_cosine": "mean per-token cosine",
+    "linear_cka": "linear CKA",
+}
+
+#: Rows read at a time. Large enough for efficient matrix products, small enough that a chunk
+#: of two 768-wide float32 matrices stays near 100 MB.
+CHUNK_ROWS = 1 << 15
+
+
+def _check_pair(a: Any, b: Any, same_width: bool) -> None:
+    for name, x in (("a", a), ("b", b)):
+        if len(getattr(x, "shape", ())) != 2:
+            raise ValueError(
+                f"{name} must be a 2-d (tokens x features) matrix, got shape "
+                f"{getattr(x, 'shape', None)}."
+            )
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"Not paired: a has {a.shape[0]} rows (tokens) and b has {b.shape[0]}. The measures "
+            "compare the same tokens seen by two models; extract both from the same texts."
+        )
+    if a.shape[0] == 0:
+        raise ValueError("Empty inputs: there are no tokens to compare.")
+    if same_width and a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"Cosines need the same width on both sides; got {a.shape[1]} and {b.shape[1]}. "
+            "linear_cka compares matrices of different widths."
+        )
+
+
+def _chunks(
+    a: Any, b: Any, chunk_rows: int, mask: np.ndarray | None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    n = a.shape[0]
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (n,):
+            raise ValueError(f"mask has shape {mask.shape}, expected ({n},)")
+    for start in range(0, n, chunk_rows):
+        stop = min(start + chunk_rows, n)
+        x, y = _as_array(a[start:stop]), _as_array(b[start:stop])
+        if mask is not None:
+            keep = mask[start:stop]
+            x, y = x[keep], y[keep]
+        if len(x):
+            yield x, y
+
+
+def _as_array(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().float().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    return x
+
+
+class _PairStats:
+    """One pass over paired chunks, accumulating what the requested measures need."""
+
+    def __init__(self, measures: Sequence[str]):
+        unknown = set(measures) - set(MEASURES)
+        if unknown:
+            raise ValueError(f"Unknown measures {sorted(unknown)}; known: {list(MEASURES)}.")
+        self.measures = tuple(measures)
+        self.n = 0
+        self.sum_a: np.ndarray | None = None
+        self.sum_b: np.ndarray | None = None
+        self.cos_sum = 0.0
+        self.zero_rows = 0
+        self.shift_a = self.shift_b = None
+        self.gram: dict[str, Any] = {}
+        self.need_means = "cosine_of_means" in measures or "linear_cka" in measures
+        self.need_cos = "mean_token_cosine" in measures
+        self.need_gram = "linear_cka" in measures
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        import torch
+
+        self.n += len(x)
+        if self.need_cos:
+            # per-token dot products in the inputs' precision (d terms each), the rest in float64
+            if x.dtype != y.dtype:
+                x, y = x.astype(np.float64), y.astype(np.float64)
+            dots = np.einsum("ij,ij->i", x, y).astype(np.float64)
+            norms = np.sqrt(
+                np.einsum("ij,ij->i", x, x).astype(np.float64)
+                * np.einsum("ij,ij->i", y, y).astype(np.float64)
+            )
+            zero = norms == 0
+            self.zero_rows += int(zero.sum())
+            self.cos_sum += float(np.sum(dots[~zero] / norms[~zero]))
+        if not self.need_means:
+            return
+        if self.need_gram:
+            if self.shift_a is None:  # shift by the first chunk's mean: less cancellation
+                self.shift_a = x.mean(0, dtype=np.float64).astype(x.dtype)
+                self.shift_b = y.mean(0, dtype=np.float64).astype(y.dtype)
+            x, y = x - self.shift_a, y - self.shift_b
+        sum_x, sum_y = x.sum(0, dtype=np.float64), y.sum(0, dtype=np.float64)
+        self.sum_a = sum_x if self.sum_a is None else self.sum_a + sum_x
+        self.sum_b = sum_y if self.sum_b is None else self.sum_b + sum_y
+        if self.need_gram:
+            tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+            if tx.dtype != ty.dtype:
+                tx, ty = tx.double(), ty.double()
+            for name, (p, q) in {"ab": (tx, ty), "aa": (tx, tx), "bb": (ty, ty)}.items():
+                product = (p.T @ q).double().numpy()
+                self.gram[name] = product if name not in self.gram else self.gram[name] + product
+
+    def result(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ValueError("No tokens to compare (every row was masked out).")
+        values = [self.cos_sum]
+        if self.need_means:
+            values += [self.sum_a, self.sum_b]
+        values += list(self.gram.values())
+        if not all(np.all(np.isfinite(v)) for v in values):
+            raise ValueError("The inputs contain NaN or infinite values.")
+        out: dict[str, float] = {}
+        if "cosine_of_means" in self.measures:
+            mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
+            if self.need_gram:  # undo the shift
+                mean_a = mean_a + self.shift_a
+                mean_b = mean_b + self.shift_b
+            norm = np.linalg.norm(mean_a) * np.linalg.norm(mean_b)
+            if norm == 0:
+                raise ValueError("cosine_of_means is undefined: a mean activation is zero.")
+            out["cosine_of_means"] = float(np.clip(mean_a @ mean_b / norm, -1.0, 1.0))
+        if self.need_cos:
+            if self.zero_rows:
+                raise ValueError(
+                    f"mean_token_cosine is undefined: {self.zero_rows} token(s) have a zero "
+                    "activation vector on one side."
+                )
+            out["mean_token_cosine"] = float(np.clip(self.cos_sum / self.n, -1.0, 1.0))
+        if self.need_gram:
+            mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
+            c_ab = self.gram["ab"] - self.n * np.outer(mean_a, mean_b)
+            c_aa = self.gram["aa"] - self.n * np.outer(mean_a, mean_a)
+            c_bb = self.gram["bb"] - self.n * np.outer(mean_b, mean_b)
+            denominator = np.linalg.norm(c_aa) * np.linalg.norm(c_bb)
+            if denominator == 0:
+                raise ValueError("linear_cka is undefined: one side has no variance.")
+            out["linear_cka"] = float(np.clip(np.sum(c_ab**2) / denominator, 0.0, 1.0))
+        return {m: out[m] for m in self.measures}
+
+
+def similarity_measures(
+    a: Any,
+    b: Any,
+    measures: Sequence[str] = MEASURES,
+    *,
+    mask: np.ndarray | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> dict[str, float]:
+    """Several measures of one pair in a single pass over the rows.
+
+    Args:
+        a, b: paired ``(tokens, d)`` matrices (NumPy arrays, memmaps, :class:`~repgeo_utils.
+            activations.ShardedArray`, or CPU tensors).
+        measures: names from :data:`MEASURES`.
+        mask: optional boolean ``(tokens,)``; only rows where it is True count.
+        chunk_rows: rows read at a time.
+
+    Raises:
+        ValueError: different token counts (or widths, for the cosines), NaN or infinite
+            values, or a measure that is undefined for the inputs (a zero vector, no variance).
+    """
+    _check_pair(a, b, same_width=any(m != "linear_cka" for m in measures))
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    stats = _PairStats(measures)
+    for x, y in _chunks(a, b, chunk_rows, mask):
+        stats.add(x, y)
+    return stats.result()
+
+
+def cosine_of_means(a: Any, b: Any, *, chunk_rows: int = CHUNK_ROWS) -> float:
+    """Cosine similarity of the mean rows of ``a`` and ``b`` (``(tokens, d)`` each, paired).
+
+    The paper's text: each model's activations averaged into one vector, then compared.
+    """
+    return similarity_measures(a, b, ("cosine_of_means",), chunk_rows=chunk_rows)["cosine_of_means"]
+
+
+def mean_token_cosine(a: Any, b: Any, *, chunk_rows: int = CHUNK_ROWS) -> float:
+    """Mean over tokens of the cosine between row ``i`` of ``a`` and row ``i`` of ``b``.
+
+    The paper's code: per-token cosine, averaged over (non-padding) tokens.
+    """
+    return similarity_measures(a, b, ("mean_token_cosine",), chunk_rows=chunk_rows)[
+        "mean_token_cosine"
+    ]
+
+
+def linear_cka(a: Any, b: Any, *, chunk_rows: int = CHUNK_ROWS) -> float:
+    """Linear CKA between ``a`` ``(tokens, d_a)`` and ``b`` ``(tokens, d_b)``.
+
+    Computed from the ``d x d`` cross-covariances, accumulated chunk by chunk in float64 (each
+    chunk's product in the inputs' precision, after shifting by the first chunk's mean).
+    """
+    return similarity_measures(a, b, ("linear_cka",), chunk_rows=chunk_rows)["linear_cka"]
+
+
+def check_paired(a: ActivationSet, b: ActivationSet) -> None:
+    """Raise unless ``a`` and ``b`` hold the same tokens of the same texts, row for row."""
+    if a.n_texts != b.n_texts or a.n_tokens != b.n_tokens:
+        raise ValueError(
+            f"Not paired: {a.n_texts} texts / {a.n_tokens} tokens vs {b.n_texts} texts / "
+            f"{b.n_tokens} tokens. Extract both sets from the same texts and max_length."
+        )
+    if not np.array_equal(a.offsets, b.offsets):
+        first = int(np.flatnonzero(a.offsets != b.offsets)[0]) - 1
+        raise ValueError(f"Not paired: text {first} has a different number of tokens.")
+    if not np.array_equal(a.token_ids, b.token_ids):
+        row = int(np.flatnonzero(a.token_ids != b.token_ids)[0])
+        text = int(np.searchsorted(a.offsets, row, side="right")) - 1
+        raise ValueError(
+            f"Not paired: token ids differ first at row {row} (text {text}); the two sets come "
+            "from different texts or tokenizers."
+        )
+
+
+def layer_similarity(
+    a: ActivationSet,
+    b: ActivationSet,
+    layers: Sequence[int] | None = None,
+    measures: Sequence[str] = MEASURES,
+    *,
+    exclude_special: bool = False,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Every measure for every layer of two paired activation sets, as a tidy table.
+
+    Args:
+        a, b: sets extracted from the same texts (checked: same token ids and offsets), e.g.
+            the pre-trained and the fine-tuned model.
+        layers: ``hidden_states`` indices; default every layer ``a`` holds.
+        measures: names from :data:`MEASURES`.
+        exclude_special: leave out [CLS]/[SEP] rows (the paper's code kept them).
+        progress: show a progress bar over layers.
+
+    Returns:
+        Columns ``layer`` (hidden_states index, 0 = embeddings), ``relative_depth``
+        (layer / last layer, to overlay models of different depths), ``measure``, ``value``
+        and ``n_tokens``; one row per (layer, measure).
+    """
+    from tqdm.auto import tqdm
+
+    check_paired(a, b)
+    if layers is None:
+        layers = a.layers
+    mask = ~a.special_mask if exclude_special else None
+    n_tokens = int(mask.sum()) if mask is not None else a.n_tokens
+    last = a.n_hidden_states - 1
+    records = []
+    for layer in tqdm(list(layers), desc="layers", disable=not progress):
+        values = similarity_measures(a.tokens(layer), b.tokens(layer), measures, mask=mask)
+        stored = int(layer) % a.n_hidden_states
+        for measure, value in values.items():
+            records.append(
+                {
+                    "layer": stored,
+                    "relative_depth": stored / last if last else 0.0,
+                    "measure": measure,
+                    "value": value,
+                    "n_tokens": n_tokens,
+                }
+            )
+        log.info("layer %d: %s", stored, ", ".join(f"{m} {v:.4f}" for m, v in values.items()))
+    return pd.DataFrame.from_records(
+        records, columns=["layer", "relative_depth", "measure", "value", "n_tokens"]
+    )
