@@ -1,0 +1,273 @@
+# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
+"""The linear cross-entropy toy model of paper 2 (Li et al., 2025, section 3.3 and appendix B).
+
+``n`` inputs with orthonormal rows (one-hot vectors, so ``X = I``) are mapped linearly to a
+``d``-dimensional embedding ``F = X W`` and read out linearly to ``C`` class logits
+``Z = F U``; the loss is cross-entropy on the softmax of ``Z`` (or, as a control, mean squared
+error on ``Z``), minimised by full-batch gradient descent from a small initialisation. We track
+RankMe of the embeddings ``F`` over the steps.
+
+Each input's class is drawn from a class distribution ``pi`` (Zipf-skewed, ``pi_c ~ c^-s``,
+or uniform), and its target is the soft label ``(1 - eps) e_y + eps pi``: ``eps`` is the
+irreducible share of the next-token distribution that no context predicts, as in language
+modelling. With hard labels (``eps = 0``) the logits grow without bound and RankMe of every
+condition only collapses and then rises; the soft target gives the loss a finite optimum whose
+rank-``d`` approximation the bottleneck has to share out, and that is what makes the
+compression (a late fall of RankMe) appear.
+
+Conditions (``toy_conditions``): the paper's main setting (skewed classes, ``d < C``) and its
+controls, uniform classes, no bottleneck (``d = C``), and MSE instead of cross-entropy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import numpy as np
+from jaxtyping import Float, Int
+from threadpoolctl import threadpool_limits
+
+from .spectral import eigenspectrum, rankme
+
+log = logging.getLogger(__name__)
+
+ToyLoss = Literal["cross_entropy", "mse"]
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Settings of one toy-model run; ``seed`` fixes the labels and the initialisation."""
+
+    n_samples: int = 512  # inputs, one-hot (orthonormal rows)
+    n_classes: int = 64  # C, the "vocabulary"
+    d_embed: int = 6  # d, the embedding width; d < C is the bottleneck
+    zipf_exponent: float = 1.5  # class frequencies pi_c ~ c^-s; 0 gives uniform classes
+    label_smoothing: float = 0.3  # eps in the targets (1 - eps) e_y + eps pi
+    loss: ToyLoss = "cross_entropy"
+    # on the mean loss; 12 keeps every condition's loss decreasing monotonically (gradient-flow
+    # regime). Above ~15 the main condition oscillates and its RankMe fall is exaggerated.
+    learning_rate: float = 12.0
+    steps: int = 2000  # full-batch gradient-descent steps
+    init_scale: float = 1e-3  # standard deviation of the Gaussian initial weights
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 2:
+            raise ValueError(f"n_samples must be at least 2, got {self.n_samples}")
+        if self.n_classes < 2:
+            raise ValueError(f"n_classes must be at least 2, got {self.n_classes}")
+        if self.d_embed < 1:
+            raise ValueError(f"d_embed must be at least 1, got {self.d_embed}")
+        if self.zipf_exponent < 0:
+            raise ValueError(f"zipf_exponent must be non-negative, got {self.zipf_exponent}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.loss not in ("cross_entropy", "mse"):
+            raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {self.loss!r}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.init_scale <= 0:
+            raise ValueError(f"init_scale must be positive, got {self.init_scale}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be non-negative, got {self.seed}")
+
+    def class_distribution(self) -> Float[np.ndarray, " classes"]:
+        """``pi``: the class frequencies labels are drawn from (Zipf, or uniform at s = 0)."""
+        ranks = np.arange(1, self.n_classes + 1, dtype=np.float64)
+        weights = ranks**-self.zipf_exponent
+        return weights / weights.sum()
+
+
+def toy_conditions(base: ToyConfig | None = None) -> dict[str, ToyConfig]:
+    """The main condition and four controls, each differing from ``base`` in one setting.
+
+    The paper's three controls (its Figs 12-13): uniform classes (Zipf exponent 0), no
+    bottleneck (``d = C``), MSE instead of cross-entropy; and ours, hard labels (``eps = 0``),
+    which shows what the soft targets contribute.
+    """
+    base = base or ToyConfig()
+    if base.d_embed >= base.n_classes:
+        raise ValueError(
+            f"The main condition needs a bottleneck, d_embed < n_classes; got "
+            f"d_embed={base.d_embed}, n_classes={base.n_classes}."
+        )
+    if base.zipf_exponent == 0:
+        raise ValueError("The main condition needs skewed classes (zipf_exponent > 0).")
+    if base.loss != "cross_entropy":
+        raise ValueError("The main condition uses the cross-entropy loss.")
+    if base.label_smoothing == 0:
+        raise ValueError("The main condition uses soft targets (label_smoothing > 0).")
+    return {
+        "main": base,
+        "uniform classes": replace(base, zipf_exponent=0.0),
+        "no bottleneck": replace(base, d_embed=base.n_classes),
+        "MSE loss": replace(base, loss="mse"),
+        "hard labels": replace(base, label_smoothing=0.0),
+    }
+
+
+@dataclass(frozen=True)
+class ToyRun:
+    """RankMe of the embeddings (both variants) and the loss at every step of one run."""
+
+    config: ToyConfig
+    steps: Int[np.ndarray, " points"]  # 0 (initialisation) .. config.steps
+    rankme_covariance: Float[np.ndarray, " points"]
+    rankme_singular: Float[np.ndarray, " points"]
+    loss: Float[np.ndarray, " points"]
+    labels: Int[np.ndarray, " samples"]
+    embeddings: Float[np.ndarray, "samples d"]  # F after the last step
+
+    def rankme(self, variant: str = "covariance") -> Float[np.ndarray, " points"]:
+        """RankMe trajectory of the named variant (``"covariance"`` or ``"singular"``)."""
+        if variant == "covariance":
+            return self.rankme_covariance
+        if variant == "singular":
+            return self.rankme_singular
+        raise ValueError(f"Unknown RankMe variant {variant!r}; use 'covariance' or 'singular'.")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def train_toy(config: ToyConfig) -> ToyRun:
+    """Train the toy model with full-batch gradient descent; RankMe of ``F`` at every step.
+
+    Loss (mean over the ``n`` inputs): cross-entropy ``-sum_c T_ic log softmax(Z_i)_c`` or
+    MSE ``0.5 * sum_c (Z_ic - T_ic)^2``, with soft targets ``T = (1 - eps) onehot(y) + eps pi``.
+    Deterministic for a given ``config`` (float64 NumPy, one BLAS thread).
+    """
+    rng = np.random.default_rng(config.seed)
+    n, c, d = config.n_samples, config.n_classes, config.d_embed
+    pi = config.class_distribution()
+    labels = rng.choice(c, size=n, p=pi)
+    eps = config.label_smoothing
+    targets = (1.0 - eps) * np.eye(c)[labels] + eps * pi[None, :]
+    # X = I (one-hot inputs), so the embedding F = X W is W itself
+    w = rng.normal(scale=config.init_scale, size=(n, d))
+    u = rng.normal(scale=config.init_scale, size=(d, c))
+    lr = config.learning_rate
+
+    points = config.steps + 1
+    rm_cov = np.empty(points)
+    rm_sing = np.empty(points)
+    losses = np.empty(points)
+    # one BLAS thread: the matrices are small, and the result is bit-identical on rerun;
+    # overflow of a diverging run is caught below by the finite-loss check
+    with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
+        for step in range(points):
+            logits = w @ u
+            if config.loss == "cross_entropy":
+                probs = _softmax(logits)
+                losses[step] = -np.sum(targets * np.log(np.clip(probs, 1e-300, None))) / n
+                grad_logits = (probs - targets) / n
+            else:
+                residual = logits - targets
+                losses[step] = 0.5 * np.sum(residual**2) / n
+                grad_logits = residual / n
+            if not np.isfinite(losses[step]):
+                raise FloatingPointError(
+                    f"The toy model diverged at step {step}; lower learning_rate "
+                    f"(now {lr}) for {asdict(config)}."
+                )
+            spectrum = eigenspectrum(w)
+            rm_cov[step] = rankme(spectrum, "covariance")
+            rm_sing[step] = rankme(spectrum, "singular")
+            if step == config.steps:
+                break
+            grad_u = w.T @ grad_logits
+            grad_w = grad_logits @ u.T
+            w = w - lr * grad_w
+            u = u - lr * grad_u
+    log.info(
+        "toy model %s: RankMe %.2f -> %.2f, loss %.3f -> %.3f",
+        config.loss,
+        rm_cov[0],
+        rm_cov[-1],
+        losses[0],
+        losses[-1],
+    )
+    return ToyRun(
+        config=config,
+        steps=np.arange(points),
+        rankme_covariance=rm_cov,
+        rankme_singular=rm_sing,
+        loss=losses,
+        labels=labels,
+        embeddings=w,
+    )
+
+
+def run_conditions(
+    base: ToyConfig | None = None,
+    conditions: dict[str, ToyConfig] | None = None,
+) -> dict[str, ToyRun]:
+    """Train every condition (default: ``toy_conditions(base)``); results keyed by name."""
+    conditions = conditions if conditions is not None else toy_conditions(base)
+    return {name: train_toy(config) for name, config in conditions.items()}
+
+
+@dataclass(frozen=True)
+class RiseFall:
+    """Shape of a RankMe trajectory: collapse, rise to a peak, fall to the end."""
+
+    collapse_step: int  # step of the lowest value (the warmup collapse)
+    collapse_value: float
+    peak_step: int  # step of the highest value after the collapse
+    peak_value: float
+    final_value: float
+    fall: float  # (peak - final) / peak: the relative fall after the peak
+    min_fall: float  # the threshold the verdict used
+
+    @property
+    def rises_then_falls(self) -> bool:
+        """True when the value falls by at least ``min_fall`` of its peak after rising."""
+        return self.peak_value > self.collapse_value and self.fall >= self.min_fall
+
+    def describe(self) -> str:
+        """One line, e.g. ``collapse 1.02 at step 20, peak 5.80 at 150, final 5.40 (-6.9%)``."""
+        verdict = "rises then falls" if self.rises_then_falls else "no fall"
+        return (
+            f"collapse {self.collapse_value:.2f} at step {self.collapse_step}, peak "
+            f"{self.peak_value:.2f} at step {self.peak_step}, final {self.final_value:.2f} "
+            f"(fall {100 * self.fall:.1f}% of the peak): {verdict}"
+        )
+
+
+def rise_then_fall(
+    steps: Int[np.ndarray, " points"],
+    values: Float[np.ndarray, " points"],
+    min_fall: float = 0.05,
+) -> RiseFall:
+    """Collapse (global minimum), peak after it, and the relative fall from peak to end.
+
+    ``rises_then_falls`` holds when the end is at least ``min_fall`` (default 5%) below the
+    peak: the toy model's version of a compression-seeking phase.
+    """
+    s = np.asarray(steps)
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or s.shape != v.shape:
+        raise ValueError(f"steps and values must be 1-D of equal length, got {s.shape}, {v.shape}")
+    if v.size < 3:
+        raise ValueError(f"A trajectory needs at least 3 points, got {v.size}.")
+    if not np.isfinite(v).all():
+        raise ValueError("values must not contain NaN or infinite values.")
+    low = int(np.argmin(v))
+    peak = low + int(np.argmax(v[low:]))
+    fall = (v[peak] - v[-1]) / v[peak] if v[peak] > 0 else 0.0
+    return RiseFall(
+        collapse_step=int(s[low]),
+        collapse_value=float(v[low]),
+        peak_step=int(s[peak]),
+        peak_value=float(v[peak]),
+        final_value=float(v[-1]),
+        fall=float(fall),
+        min_fall=min_fall,
+    )
