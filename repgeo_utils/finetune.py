@@ -1,0 +1,312 @@
+"""Fine-tuning with the Hugging Face Trainer, and evaluation before and after.
+
+``finetune_task`` loads a pre-trained encoder with a fresh classification head (seeded),
+evaluates it on the test split (the "pre-trained" row of paper 1's Table 2: an untrained head,
+so roughly chance), fine-tunes every weight with the Trainer (dynamic padding, length-grouped
+batches; ``accelerate`` spreads it over several GPUs when there are some), and evaluates again.
+
+The fine-tuned checkpoint (hub layout, loadable with ``models.load_model``) and the results are
+cached under ``data/cache/finetune/`` keyed by the model, the task's data, the settings and the
+seed: a rerun reuses them, any changed setting retrains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .cache import cache_entry
+from .config import FinetuneSettings
+from .data import fingerprint
+from .models import load_model, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class EvalReport:
+    """Test-split metrics of one classifier."""
+
+    label_names: list[str]
+    accuracy: float
+    macro_f1: float
+    per_class: pd.DataFrame  # index = class; columns precision, recall, f1, support
+    confusion: np.ndarray  # rows = true class, columns = predicted class
+
+    @classmethod
+    def from_predictions(cls, y_true, y_pred, label_names: list[str]) -> EvalReport:
+        from sklearn.metrics import (
+            accuracy_score,
+            confusion_matrix,
+            f1_score,
+            precision_recall_fscore_support,
+        )
+
+        labels = list(range(len(label_names)))
+        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+        per_class = pd.DataFrame(
+            {"precision": p, "recall": r, "f1": f, "support": s},
+            index=pd.Index(label_names, name="class"),
+        )
+        return cls(
+            label_names=list(label_names),
+            accuracy=float(accuracy_score(y_true, y_pred)),
+            macro_f1=float(
+                f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+            ),
+            per_class=per_class,
+            confusion=confusion_matrix(y_true, y_pred, labels=labels),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "label_names": self.label_names,
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "per_class": self.per_class.reset_index().to_dict("list"),
+            "confusion": self.confusion.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalReport:
+        return cls(
+            label_names=d["label_names"],
+            accuracy=d["accuracy"],
+            macro_f1=d["macro_f1"],
+            per_class=pd.DataFrame(d["per_class"]).set_index("class"),
+            confusion=np.array(d["confusion"]),
+        )
+
+
+@torch.inference_mode()
+def predict_logits(
+    model, tokenizer, texts: list[str], *, max_length: int = 128, batch_size: int = 64
+) -> np.ndarray:
+    """Logits for ``texts``, batched by length (padding never changes a result)."""
+    if len(texts) == 0:
+        raise ValueError("predict_logits got an empty list of texts.")
+    model.eval()
+    device = next(model.parameters()).device
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
+    out = np.empty((len(texts), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out[idx] = model(**batch).logits.float().cpu().numpy()
+    return out
+
+
+def evaluate(
+    model, tokenizer, dataset, *, max_length: int = 128, batch_size: int = 64
+) -> EvalReport:
+    """Accuracy, macro-F1, per-class precision/recall and confusion matrix on ``dataset``."""
+    names = dataset.features["label"].names
+    logits = predict_logits(
+        model, tokenizer, dataset["text"], max_length=max_length, batch_size=batch_size
+    )
+    return EvalReport.from_predictions(np.asarray(dataset["label"]), logits.argmax(-1), names)
+
+
+# --------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+@dataclass
+class FinetuneResult:
+    """What one fine-tuning run produced."""
+
+    model: str
+    task: str
+    seed: int
+    settings: FinetuneSettings
+    checkpoint: Path  # hub-layout folder: load_model(checkpoint, kind="classifier")
+    pre: EvalReport  # pre-trained encoder + untrained head
+    post: EvalReport  # fine-tuned
+    history: pd.DataFrame  # per epoch: train loss, validation accuracy
+    train_seconds: float
+    train_tokens: int  # real (non-padding) tokens processed, all epochs
+    cached: bool = False  # True when this call reused a finished run
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.train_seconds if self.train_seconds > 0 else math.nan
+
+    def summary(self) -> dict:
+        """One row for a results table."""
+        return {
+            "task": self.task,
+            "model": self.model,
+            "seed": self.seed,
+            "pre_accuracy": self.pre.accuracy,
+            "post_accuracy": self.post.accuracy,
+            "pre_macro_f1": self.pre.macro_f1,
+            "post_macro_f1": self.post.macro_f1,
+            "train_seconds": self.train_seconds,
+            "tokens_per_second": self.tokens_per_second,
+        }
+
+
+RESULTS = "results.json"
+
+
+def _history(log_history: list[dict]) -> pd.DataFrame:
+    train = [r for r in log_history if "loss" in r and "epoch" in r]
+    evals = [r for r in log_history if "eval_accuracy" in r]
+    rows = []
+    for ev in evals:
+        epoch = ev["epoch"]
+        losses = [r["loss"] for r in train if epoch - 1 < r["epoch"] <= epoch + 1e-9]
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)) if losses else np.nan,
+                "val_loss": ev.get("eval_loss"),
+                "val_accuracy": ev["eval_accuracy"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def finetune_task(
+    model_name: str,
+    dataset,
+    settings: FinetuneSettings,
+    *,
+    task: str,
+    seed: int = 0,
+    revision: str | None = None,
+    progress: bool = True,
+    cache_root: Path | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``model_name`` on ``dataset`` (a DatasetDict from ``data.load_task``).
+
+    Reuses a finished run with the same model, data, settings and seed; otherwise trains,
+    evaluates before and after on the test split, and caches the checkpoint and results.
+    """
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    for split in ("train", "validation", "test"):
+        if split not in dataset or len(dataset[split]) == 0:
+            raise ValueError(f"Task {task!r} has no rows in its {split!r} split.")
+    ref = resolve_model(model_name, revision)
+    label_names = dataset["train"].features["label"].names
+    key = {
+        "model": ref.as_key(),
+        "task": task,
+        "data": fingerprint(dataset),
+        "settings": asdict(settings),
+        "seed": seed,
+    }
+    name = f"{ref.cache_name}__{task.replace('csv:', 'csv-')}__seed{seed}"
+    with cache_entry("finetune", name, key, root=cache_root) as entry:
+        if entry.exists:
+            return _load_result(entry.path, cached=True)
+        out = entry.tmp
+        model, tokenizer = load_model(
+            ref.path if ref.source != "hub" else ref.name,
+            revision,
+            kind="classifier",
+            label_names=label_names,
+            seed=seed,
+        )
+        pre = evaluate(model, tokenizer, dataset["test"], max_length=settings.max_length)
+
+        def tokenize(batch):
+            return tokenizer(batch["text"], truncation=True, max_length=settings.max_length)
+
+        tok = dataset.map(tokenize, batched=True, remove_columns=["text"])
+        tok = tok.rename_column("label", "labels")
+        tok = tok.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
+        real_tokens = int(sum(tok["train"]["length"]))
+
+        args = TrainingArguments(
+            output_dir=str(out / "trainer"),
+            learning_rate=settings.learning_rate,
+            num_train_epochs=settings.epochs,
+            per_device_train_batch_size=settings.batch_size,
+            per_device_eval_batch_size=max(64, settings.batch_size),
+            weight_decay=settings.weight_decay,
+            warmup_steps=settings.warmup_ratio,
+            lr_scheduler_type=settings.lr_scheduler,
+            optim=settings.optimizer,
+            train_sampling_strategy="group_by_length",
+            length_column_name="length",
+            eval_strategy="epoch",
+            logging_strategy="epoch",
+            save_strategy="no",
+            report_to="none",
+            seed=seed,
+            data_seed=seed,
+            disable_tqdm=not progress,
+        )
+
+        def accuracy(pred):
+            return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=tok["train"],
+            eval_dataset=tok["validation"],
+            data_collator=DataCollatorWithPadding(tokenizer),
+            processing_class=tokenizer,
+            compute_metrics=accuracy,
+        )
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        post = evaluate(model, tokenizer, dataset["test"], max_length=settings.max_length)
+
+        ckpt = out / "model"
+        model.save_pretrained(ckpt)
+        tokenizer.save_pretrained(ckpt)
+        history = _history(trainer.state.log_history)
+        results = {
+            "model": model_name,
+            "task": task,
+            "seed": seed,
+            "settings": asdict(settings),
+            "pre": pre.to_dict(),
+            "post": post.to_dict(),
+            "history": history.to_dict("list"),
+            "train_seconds": seconds,
+            "train_tokens": int(real_tokens * settings.epochs),
+        }
+        (out / RESULTS).write_text(json.dumps(results, indent=1))
+        import shutil
+
+        shutil.rmtree(out / "trainer", ignore_errors=True)
+    result = _load_result(entry.path, cached=False)
+    return result
+
+
+def _load_result(path: Path, *, cached: bool) -> FinetuneResult:
+    r = json.loads((path / RESULTS).read_text())
+    return FinetuneResult(
+        model=r["model"],
+        task=r["task"],
+        seed=r["seed"],
+        settings=FinetuneSettings(**r["settings"]),
+        checkpoint=path / "model",
+        pre=EvalReport.from_dict(r["pre"]),
+        post=EvalReport.from_dict(r["post"]),
+        history=pd.DataFrame(r["history"]),
+        train_seconds=r["train_seconds"],
+        train_tokens=r["train_tokens"],
+        cached=cached,
+    )

@@ -1,0 +1,121 @@
+"""Fine-tuning a tiny BERT end to end, evaluation metrics, the result cache."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from repgeo_utils.config import FinetuneSettings
+from repgeo_utils.data import load_task
+from repgeo_utils.finetune import EvalReport, finetune_task
+from repgeo_utils.models import load_model
+
+POS = ["good", "great", "love", "brilliant", "happy"]
+NEG = ["bad", "terrible", "hate", "awful", "sad"]
+FILL = ["the", "movie", "app", "music", "plot", "acting", "this", "was", "is", "it"]
+
+
+@pytest.fixture
+def separable_task(tmp_path):
+    """Sentiment decided by one cue word among filler words: trivially separable."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(160):
+        label = i % 2
+        words = rng.sample(FILL, 4) + [rng.choice(POS if label else NEG)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words) + f" {i}", "label": ["neg", "pos"][label]})
+    path = tmp_path / "separable.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return load_task(f"csv:{path}", seed=0)
+
+
+FAST = FinetuneSettings(learning_rate=1e-2, epochs=8, batch_size=16, max_length=16)
+
+
+def test_eval_report_known_answers():
+    r = EvalReport.from_predictions([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0], ["a", "b", "c"])
+    assert r.accuracy == pytest.approx(4 / 6)
+    assert r.per_class.loc["a", "precision"] == pytest.approx(1 / 2)
+    assert r.per_class.loc["b", "precision"] == pytest.approx(2 / 3)
+    assert r.per_class.loc["b", "recall"] == 1.0
+    assert r.per_class.loc["c", "recall"] == pytest.approx(1 / 2)
+    # F1: a = 0.5, b = 0.8, c = 2/3
+    assert r.macro_f1 == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert r.confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    back = EvalReport.from_dict(r.to_dict())
+    assert back.accuracy == r.accuracy and (back.confusion == r.confusion).all()
+    pd.testing.assert_frame_equal(back.per_class, r.per_class, check_dtype=False)
+
+
+def test_finetune_tiny_bert_beats_chance_and_caches(tiny_bert, separable_task, tmp_path):
+    res = finetune_task(
+        str(tiny_bert),
+        separable_task,
+        FAST,
+        task="separable",
+        seed=0,
+        progress=False,
+        cache_root=tmp_path / "cache",
+    )
+    assert not res.cached
+    assert res.post.accuracy >= 0.9 > res.pre.accuracy
+    assert res.post.confusion.sum() == len(separable_task["test"])
+    assert list(res.history["epoch"]) == [float(e) for e in range(1, 9)]
+    assert res.history["train_loss"].iloc[-1] < res.history["train_loss"].iloc[0]
+    assert res.train_tokens > 0 and res.tokens_per_second > 0
+    # the checkpoint loads as a classifier with the task's label names
+    model, _ = load_model(res.checkpoint, kind="classifier")
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+
+    again = finetune_task(
+        str(tiny_bert),
+        separable_task,
+        FAST,
+        task="separable",
+        seed=0,
+        progress=False,
+        cache_root=tmp_path / "cache",
+    )
+    assert again.cached and again.post.accuracy == res.post.accuracy
+    assert again.checkpoint == res.checkpoint
+
+    changed = FinetuneSettings(**{**FAST.__dict__, "epochs": 1})
+    other = finetune_task(
+        str(tiny_bert),
+        separable_task,
+        changed,
+        task="separable",
+        seed=0,
+        progress=False,
+        cache_root=tmp_path / "cache",
+    )
+    assert not other.cached and other.checkpoint != res.checkpoint
+
+
+def test_finetune_is_deterministic_under_a_seed(tiny_bert, separable_task, tmp_path):
+    settings = FinetuneSettings(learning_rate=3e-3, epochs=1, batch_size=16, max_length=16)
+    runs = [
+        finetune_task(
+            str(tiny_bert),
+            separable_task,
+            settings,
+            task="separable",
+            seed=7,
+            progress=False,
+            cache_root=tmp_path / f"cache{i}",
+        )
+        for i in range(2)
+    ]
+    np.testing.assert_array_equal(runs[0].post.confusion, runs[1].post.confusion)
+    assert runs[0].history["train_loss"].tolist() == runs[1].history["train_loss"].tolist()
+
+
+def test_finetune_rejects_empty_split(tiny_bert, separable_task, tmp_path):
+    broken = separable_task.copy()
+    broken["test"] = separable_task["test"].select([])
+    with pytest.raises(ValueError, match="no rows in its 'test' split"):
+        finetune_task(str(tiny_bert), broken, FAST, task="separable", cache_root=tmp_path)
