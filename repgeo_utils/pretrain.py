@@ -42,7 +42,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ class PretrainConfig:
     use_tweets: bool = True
     holdout_fraction: float = 0.05  # share of documents held out, per source
     corpus_seed: int = 0  # which documents are held out (separate from the training seed)
+    max_documents: int | None = None  # a seeded subset of each source (tests, tiny runs)
 
     def __post_init__(self) -> None:
         problems = []
@@ -152,6 +154,8 @@ class PretrainConfig:
             problems.append("the corpus needs at least one source: use_bbc or use_tweets")
         if not 0.0 < self.holdout_fraction < 0.5:
             problems.append(f"holdout_fraction must be in (0, 0.5), got {self.holdout_fraction}")
+        if self.max_documents is not None and self.max_documents < 4:
+            problems.append(f"max_documents must be at least 4 or None, got {self.max_documents}")
         if problems:
             raise ValueError("Invalid PretrainConfig: " + "; ".join(problems) + ".")
         # normalise so that equal settings give equal keys (a list from JSON vs a tuple)
@@ -180,6 +184,7 @@ class PretrainConfig:
             "use_tweets": self.use_tweets,
             "holdout_fraction": self.holdout_fraction,
             "corpus_seed": self.corpus_seed,
+            "max_documents": self.max_documents,
             "vocab_size": self.vocab_size,
             "format": FORMAT_VERSION,
         }
@@ -295,10 +300,12 @@ def build_corpus(
     use_tweets: bool = True,
     holdout_fraction: float = 0.05,
     seed: int = 0,
+    max_documents: int | None = None,
 ) -> PretrainCorpus:
     """BBC bodies and tweets, exact duplicates removed, split into training and held-out
     documents: a seeded ``holdout_fraction`` of each source is held out, so the same
-    ``seed`` always holds out the same texts."""
+    ``seed`` always holds out the same texts. ``max_documents`` keeps a seeded subset of
+    that many documents per source (before the split)."""
     if not (use_bbc or use_tweets):
         raise ValueError("build_corpus needs at least one source (use_bbc or use_tweets).")
     if not 0.0 < holdout_fraction < 0.5:
@@ -318,9 +325,14 @@ def build_corpus(
                 unique.append(text)
         rng = np.random.default_rng([seed, offset])
         order = rng.permutation(len(unique))
-        n_hold = max(1, int(round(holdout_fraction * len(unique))))
+        if max_documents is not None:
+            order = order[:max_documents]
+        n_hold = max(1, int(round(holdout_fraction * len(order))))
         hold = set(order[:n_hold].tolist())
+        keep = set(order.tolist())
         for i, text in enumerate(unique):
+            if i not in keep:
+                continue
             if i in hold:
                 corpus.holdout_texts.append(text)
                 corpus.holdout_sources.append(name)
@@ -440,11 +452,17 @@ def prepare_corpus(config: PretrainConfig, root: Path | None = None) -> Prepared
     """
     key = config.corpus_key()
     name = f"bbc{int(config.use_bbc)}-tweets{int(config.use_tweets)}-v{config.vocab_size}"
+    if config.max_documents is not None:
+        name += f"-max{config.max_documents}"
     with cache_entry("pretrain-corpus", name, key, root=root) as entry:
         if not entry.exists:
             start = time.perf_counter()
             corpus = build_corpus(
-                config.use_bbc, config.use_tweets, config.holdout_fraction, config.corpus_seed
+                config.use_bbc,
+                config.use_tweets,
+                config.holdout_fraction,
+                config.corpus_seed,
+                config.max_documents,
             )
             tokenizer = train_tokenizer(corpus.train_texts, config.vocab_size)
             tokenizer.save_pretrained(entry.tmp / "tokenizer")
@@ -577,6 +595,32 @@ def count_parameters(model, non_embedding: bool = False) -> int:
     return total
 
 
+def train_step(model, optimizer, input_ids, grad_clip: float | None = 1.0) -> float:
+    """One optimizer update on a batch of token ids (next-token loss, gradient clipping);
+    returns the batch's loss. The learning rate is whatever the optimizer's groups hold."""
+    import torch
+
+    loss = model(input_ids=input_ids, labels=input_ids).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def make_optimizer(model, config: PretrainConfig):
+    """AdamW with Pythia's settings: decay on weight matrices only, eps 1e-8."""
+    import torch
+
+    return torch.optim.AdamW(
+        _parameter_groups(model, config.weight_decay),
+        lr=config.lr_at(0),
+        betas=config.adam_betas,
+        eps=1e-8,
+    )
+
+
 @dataclass
 class PretrainResult:
     """What :func:`pretrain` returns."""
@@ -636,19 +680,26 @@ def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _save_quietly(model, tokenizer, folder: Path) -> None:
-    """``save_pretrained`` of model and tokenizer without transformers' per-save progress bar
-    (dozens of checkpoints would flood a notebook)."""
+@contextmanager
+def _quiet_hf_progress() -> Iterator[None]:
+    """Silence transformers' per-file progress bars (loading or saving dozens of small
+    checkpoints would flood a notebook); restores the previous setting."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        yield
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def _save_quietly(model, tokenizer, folder: Path) -> None:
+    """``save_pretrained`` of model and tokenizer without progress bars."""
+    with _quiet_hf_progress():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
 
 def _save_revision(folder: Path, step: int, model, tokenizer) -> None:
@@ -763,12 +814,7 @@ def pretrain(
     tokenizer = data.load_tokenizer()
     seed_everything(config.seed)
     model = build_model(config, vocab_size=len(tokenizer))
-    optimizer = torch.optim.AdamW(
-        _parameter_groups(model, config.weight_decay),
-        lr=config.lr_at(0),
-        betas=config.adam_betas,
-        eps=1e-8,
-    )
+    optimizer = make_optimizer(model, config)
     batches = TokenBatches(data.train_ids, config.context_length, config.batch_size, config.seed)
     schedule = checkpoint_schedule(config.steps, config.checkpoint_every)
     step = 0
@@ -817,25 +863,18 @@ def pretrain(
         for group in optimizer.param_groups:
             group["lr"] = lr
         input_ids = batches.batch(step)
-        loss = model(input_ids=input_ids, labels=input_ids).loss
-        if not torch.isfinite(loss):
+        loss = train_step(model, optimizer, input_ids, config.grad_clip)
+        if not math.isfinite(loss):
             raise FloatingPointError(
-                f"Loss became {loss.item()} at step {step}; lower the learning rate "
+                f"Loss became {loss} at step {step}; lower the learning rate "
                 f"({config.learning_rate}) or enable gradient clipping."
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
         step += 1
         trained_tokens += input_ids.numel()
-        train_log.append(
-            {"step": step, "loss": float(loss.item()), "lr": lr, "epoch": batches.epoch_of(step)}
-        )
+        train_log.append({"step": step, "loss": loss, "lr": lr, "epoch": batches.epoch_of(step)})
         bar.update(1)
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
         if step in checkpoints:
             _save_revision(folder, step, model, tokenizer)
             if step < config.steps:
@@ -1013,7 +1052,7 @@ def _spectral_metrics(features: np.ndarray) -> dict[str, float]:
         "rankme": float(spectral.rankme(eig, variant="covariance")),
         "rankme_singular": float(spectral.rankme(eig, variant="singular")),
     }
-    hi = min(100, int(np.sum(eig > 0)))
+    hi = min(100, int(np.sum(eig > 1e-12 * eig.max())))
     if hi > 12:
         fit = spectral.alpha_req(eig, fit_range=(12, hi))
         row["alpha"] = float(fit.alpha)
@@ -1073,7 +1112,8 @@ def sweep_checkpoints(
         ref = models_mod.resolve_model(model, revision)
 
         def compute(target: Path, revision: str | None = revision) -> None:
-            net, tokenizer = models_mod.load_model(model, revision, kind="causal-lm")
+            with _quiet_hf_progress():
+                net, tokenizer = models_mod.load_model(model, revision, kind="causal-lm")
             net.to(device)
             ids = _resolve_layers(layers, int(net.config.num_hidden_layers))
             feats, loss, n_tok = last_token_features(

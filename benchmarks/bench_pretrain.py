@@ -1,0 +1,148 @@
+"""Pretraining throughput (tokens/s) against the GEMM bound; JSON to results/pretrain.json.
+
+The bound: a training step costs about 6 x N FLOPs per token for N parameters that take part
+in matrix products (every parameter but the input embedding table, which is a lookup), plus
+6 x layers x context x hidden for attention scores and their weighted sum (Kaplan et al.
+2020, Table 1, times 3 for forward + backward). Dividing the measured float32 GEMM rate of
+this machine by that cost gives the tokens/s a perfect implementation would reach; the ratio
+measured/bound says how much of the machine the training loop uses.
+
+Two GEMM rates are measured: a square 1024 x 1024 x 1024 product (the machine's peak, roughly)
+and the model's own largest product (the unembedding: batch x context tokens times
+hidden -> vocabulary), which small hidden sizes run far below peak.
+
+    .venv/bin/python benchmarks/bench_pretrain.py [--threads N] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from repgeo_utils import pretrain as P
+
+log = logging.getLogger("bench_pretrain")
+
+RESULTS = Path(__file__).resolve().parent / "results" / "pretrain.json"
+
+#: The settings benchmarked: the quick and longer settings recommended in
+#: benchmarks/pretraining_phase_search.md, and the 1.8M-parameter model measured while planning.
+SETTINGS: dict[str, P.PretrainConfig] = {
+    "quick": P.PretrainConfig(),
+    "planning-1.8M": P.PretrainConfig(
+        num_layers=4,
+        hidden_size=128,
+        num_heads=4,
+        vocab_size=4096,
+        context_length=128,
+        batch_size=16,
+    ),  # fmt: skip
+}
+
+
+def gemm_flops(m: int, k: int, n: int, seconds: float = 1.0) -> float:
+    """Measured float32 FLOP/s of ``(m, k) @ (k, n)`` (2 m k n FLOPs a product)."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2.0 * m * k * n * reps / (time.perf_counter() - start)
+
+
+def flops_per_token(config: P.PretrainConfig, matmul_params: int) -> float:
+    """Training FLOPs per token: 6 N plus the attention term 6 L n_ctx d."""
+    attention = 6 * config.num_layers * config.context_length * config.hidden_size
+    return 6.0 * matmul_params + attention
+
+
+def measure(config: P.PretrainConfig, steps: int, warmup: int) -> dict:
+    """Tokens/s of the real training step (``pretrain.train_step``) on real batches."""
+    data = P.prepare_corpus(config)
+    tokenizer = data.load_tokenizer()
+    model = P.build_model(config, vocab_size=len(tokenizer))
+    optimizer = P.make_optimizer(model, config)
+    batches = P.TokenBatches(data.train_ids, config.context_length, config.batch_size, 0)
+    for step in range(warmup):
+        P.train_step(model, optimizer, batches.batch(step), config.grad_clip)
+    start = time.perf_counter()
+    for step in range(warmup, warmup + steps):
+        P.train_step(model, optimizer, batches.batch(step), config.grad_clip)
+    seconds = time.perf_counter() - start
+    params = P.count_parameters(model)
+    matmul_params = P.count_parameters(model, non_embedding=True)
+    tokens = steps * config.tokens_per_step
+    return {
+        "parameters": params,
+        "matmul_parameters": matmul_params,
+        "flops_per_token": flops_per_token(config, matmul_params),
+        "tokens_per_second": tokens / seconds,
+        "seconds": seconds,
+        "steps": steps,
+        "unembedding_gemm": [config.tokens_per_step, config.hidden_size, len(tokenizer)],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per setting")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+
+    peak = gemm_flops(1024, 1024, 1024)
+    log.info("square GEMM: %.1f GFLOP/s on %d threads", peak / 1e9, args.threads)
+    rows = {}
+    for name, config in SETTINGS.items():
+        row = measure(config, args.steps, args.warmup)
+        shaped = gemm_flops(*row["unembedding_gemm"])
+        row["gemm_flops_square"] = peak
+        row["gemm_flops_model_shape"] = shaped
+        row["bound_tokens_per_second_square"] = peak / row["flops_per_token"]
+        row["bound_tokens_per_second_model_shape"] = shaped / row["flops_per_token"]
+        row["fraction_of_square_bound"] = (
+            row["tokens_per_second"] / row["bound_tokens_per_second_square"]
+        )
+        row["fraction_of_model_shape_bound"] = (
+            row["tokens_per_second"] / row["bound_tokens_per_second_model_shape"]
+        )
+        row["config"] = asdict(config)
+        rows[name] = row
+        log.info(
+            "%s: %.0f tokens/s; GEMM bound %.0f (square) / %.0f (model-shaped) tokens/s; "
+            "%.0f%% / %.0f%% of it",
+            name, row["tokens_per_second"], row["bound_tokens_per_second_square"],
+            row["bound_tokens_per_second_model_shape"],
+            100 * row["fraction_of_square_bound"], 100 * row["fraction_of_model_shape_bound"],
+        )  # fmt: skip
+    payload = {
+        "benchmark": "pretrain",
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "settings": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, args.out)
+    log.info("written %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

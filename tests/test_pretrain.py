@@ -1,0 +1,225 @@
+"""Pretraining: tiny real runs that write Pythia-style revisions, exact resume, clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from repgeo_utils import pretrain as P
+from repgeo_utils.models import ModelNotFoundError, load_model
+
+#: A few-second run: 1 layer, hidden 16, 300-token vocabulary, 6 steps, 60 documents a source.
+TINY = P.PretrainConfig(
+    seed=3,
+    vocab_size=300,
+    num_layers=1,
+    hidden_size=16,
+    num_heads=2,
+    context_length=16,
+    steps=6,
+    batch_size=4,
+    learning_rate=1e-2,
+    warmup_fraction=0.2,
+    checkpoint_every=4,
+    max_documents=60,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_single_thread():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPGEO_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a, b) -> None:
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_checkpoint_schedule_is_pythias():
+    revisions = P.pythia_revisions()
+    assert len(revisions) == 154  # step0, 10 powers of two, 143 thousands
+    assert revisions[:12] == [
+        "step0", "step1", "step2", "step4", "step8", "step16", "step32", "step64",
+        "step128", "step256", "step512", "step1000",
+    ]  # fmt: skip
+    assert revisions[-1] == "step143000"
+    assert P.checkpoint_schedule(6, 4) == [0, 1, 2, 4, 6]
+    assert P.checkpoint_schedule(600, 250) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 250, 256, 500, 512,
+                                               600]  # fmt: skip
+
+
+def test_learning_rate_warmup_then_cosine():
+    cfg = P.PretrainConfig(steps=100, warmup_fraction=0.1, learning_rate=1e-3, min_lr_ratio=0.1)
+    assert cfg.warmup_steps == 10
+    assert cfg.lr_at(0) == pytest.approx(1e-4)
+    assert cfg.lr_at(9) == pytest.approx(1e-3)
+    assert cfg.lr_at(10) == pytest.approx(1e-3)
+    assert cfg.lr_at(55) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half way down the cosine
+    assert cfg.lr_at(100) == pytest.approx(1e-4)
+    lrs = [cfg.lr_at(s) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    flat = P.PretrainConfig(steps=100, warmup_fraction=0.1, cosine_decay=False)
+    assert flat.lr_at(99) == flat.learning_rate
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"hidden_size": 30, "num_heads": 4}, "divisible by num_heads"),
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction"),
+        ({"vocab_size": 100}, "vocab_size"),
+        ({"learning_rate": 0.0}, "learning_rate must be positive"),
+        ({"use_bbc": False, "use_tweets": False}, "at least one source"),
+        ({"holdout_fraction": 0.0}, "holdout_fraction"),
+        ({"grad_clip": -1.0}, "grad_clip"),
+    ],
+)
+def test_bad_configs_fail_clearly(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        P.PretrainConfig(**overrides)
+
+
+def test_bad_stop_step_and_layers_fail_clearly(data_dir):
+    with pytest.raises(ValueError, match="stop_at_step"):
+        P.pretrain(TINY, stop_at_step=TINY.steps + 1, progress=False)
+    with pytest.raises(ValueError, match="out of range"):
+        P._resolve_layers([5], num_layers=2)
+
+
+def test_corpus_holds_out_a_fixed_seeded_set():
+    a = P.build_corpus(holdout_fraction=0.1, seed=1, max_documents=50)
+    b = P.build_corpus(holdout_fraction=0.1, seed=1, max_documents=50)
+    c = P.build_corpus(holdout_fraction=0.1, seed=2, max_documents=50)
+    assert a.holdout_texts == b.holdout_texts
+    assert a.holdout_texts != c.holdout_texts
+    assert not set(a.holdout_texts) & set(a.train_texts)
+    assert sorted(set(a.holdout_sources)) == ["bbc", "tweets"]
+    assert len(a.holdout_texts) == 10  # 5 of 50 from each source
+    assert len(a.train_texts) == 90
+
+
+def test_probe_texts_are_seeded_word_prefixes():
+    docs = [" ".join(f"w{i}" for i in range(200)), "a short tweet here"]
+    probes = P.probe_texts(docs, n=50, min_words=10, max_words=20, seed=0)
+    assert probes == P.probe_texts(docs, n=50, min_words=10, max_words=20, seed=0)
+    for text in probes:
+        words = text.split()
+        assert text == "a short tweet here" or 10 <= len(words) <= 20
+        assert docs[0].startswith(text) or text == docs[1]
+
+
+def test_token_batches_are_a_pure_function_of_step():
+    ids = np.arange(1000, dtype=np.uint16)
+    a = P.TokenBatches(ids, context_length=10, batch_size=7, seed=0)
+    b = P.TokenBatches(ids, context_length=10, batch_size=7, seed=0)
+    assert torch.equal(a.batch(30), b.batch(30))  # b never saw steps 0..29
+    assert torch.equal(a.batch(3), b.batch(3))
+    first_epoch = torch.cat([a.batch(s) for s in range(a.windows_per_epoch // 7)])
+    starts = first_epoch[:, 0].tolist()
+    assert len(set(starts)) == len(starts)  # no window twice within an epoch
+    assert all(torch.equal(r, torch.arange(r[0], r[0] + 10)) for r in first_epoch)
+
+
+def test_tiny_run_writes_revisions_that_load_like_hub_revisions(data_dir):
+    result = P.pretrain(TINY, progress=False)
+    folder = result.run_folder
+    assert folder.is_relative_to(data_dir / "cache" / "pretrain")
+    assert result.complete and P.is_run_complete(folder, TINY)
+    assert P.list_revisions(folder) == ["step0", "step1", "step2", "step4", "step6"]
+    assert [row["step"] for row in result.train_log] == list(range(1, 7))
+
+    init, tokenizer = load_model(folder, revision="step0", kind="causal-lm")
+    final, _ = load_model(folder, revision="step6", kind="causal-lm")
+    main, _ = load_model(folder, kind="causal-lm")  # the run folder itself is the last step
+    assert type(final).__name__ == "GPTNeoXForCausalLM"
+    assert final.config.hidden_size == 16 and final.config.num_hidden_layers == 1
+    assert not torch.equal(
+        init.get_output_embeddings().weight, final.get_output_embeddings().weight
+    )
+    _assert_same_weights(final, main)
+    fresh = P.build_model(TINY, vocab_size=len(tokenizer))
+    _assert_same_weights(init, fresh)  # step0 is the seeded initialisation
+    assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token_id == 1
+    assert len(tokenizer) == TINY.vocab_size
+
+    with pytest.raises(ModelNotFoundError, match="no revision 'step3'"):
+        load_model(folder, revision="step3", kind="causal-lm")
+    again = P.pretrain(TINY, progress=False)  # complete: reused, nothing trained
+    assert again.complete and again.tokens_per_second is None
+
+
+def test_interrupted_run_resumes_to_identical_weights(data_dir, tmp_path):
+    whole = P.pretrain(TINY, root=tmp_path / "whole", progress=False)
+
+    part = P.pretrain(TINY, root=tmp_path / "split", stop_at_step=3, progress=False)
+    assert not part.complete
+    assert not P.is_run_complete(part.run_folder, TINY)
+    assert not P.is_run_complete(part.run_folder)
+    assert not (part.run_folder / "meta.json").exists()
+    assert P.list_revisions(part.run_folder) == ["step0", "step1", "step2"]
+    with pytest.raises(ModelNotFoundError):  # no main weights until the run is complete
+        load_model(part.run_folder, kind="causal-lm")
+
+    resumed = P.pretrain(TINY, root=tmp_path / "split", progress=False)
+    assert resumed.complete and resumed.run_folder == part.run_folder
+    assert resumed.revisions == whole.revisions
+    assert [r["loss"] for r in resumed.train_log] == [r["loss"] for r in whole.train_log]
+    for rev in whole.revisions:
+        a, _ = load_model(whole.run_folder, revision=rev, kind="causal-lm")
+        b, _ = load_model(resumed.run_folder, revision=rev, kind="causal-lm")
+        _assert_same_weights(a, b)
+
+
+def test_sweep_gives_last_token_states_and_loss(data_dir):
+    result = P.pretrain(TINY, progress=False)
+    texts = P.probe_texts(result.holdout_texts, n=40, min_words=3, max_words=12, seed=0)
+    sweep = P.sweep_checkpoints(
+        result.run_folder, ["step0", "step6"], texts, layers="all", spectral_metrics=False,
+        progress=False,
+    )  # fmt: skip
+    assert sweep.layers == [0, 1]
+    assert [r.step for r in sweep.revisions] == [0, 6]
+    init = sweep.revisions[0]
+    # a freshly initialised LM (logits near 0) predicts close to uniformly: loss ~ ln(vocab)
+    assert init.loss == pytest.approx(math.log(TINY.vocab_size), abs=0.05)
+    assert init.features[1].shape == (len(texts), 16)
+
+    # the batched, padded extraction equals one unpadded forward pass per text
+    model, tokenizer = load_model(result.run_folder, revision="step6", kind="causal-lm")
+    final = sweep.revisions[1].features[1]
+    with torch.inference_mode():
+        for i in (0, 7, len(texts) - 1):
+            ids = tokenizer(texts[i], add_special_tokens=False, return_tensors="pt")["input_ids"]
+            ref = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1]
+            np.testing.assert_allclose(final[i], ref.numpy(), rtol=1e-4, atol=1e-5)
+
+    cached = P.sweep_checkpoints(
+        result.run_folder, ["step6"], texts, layers="all", spectral_metrics=False, progress=False
+    )  # fmt: skip
+    np.testing.assert_array_equal(cached.revisions[0].features[1], final)
+    meta = json.loads((result.run_folder / "meta.json").read_text())
+    assert meta["complete"] is True and meta["revisions"] == P.list_revisions(result.run_folder)
