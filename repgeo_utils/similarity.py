@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -130,7 +131,8 @@ class _PairStats:
             )
             zero = norms == 0
             self.zero_rows += int(zero.sum())
-            self.cos_sum += float(np.sum(dots[~zero] / norms[~zero]))
+            with np.errstate(invalid="ignore"):  # inf / inf: NaN, reported in result()
+                self.cos_sum += float(np.sum(dots[~zero] / norms[~zero]))
         if not self.need_means:
             return
         if self.need_gram:
@@ -313,3 +315,29 @@ def layer_similarity(
     return pd.DataFrame.from_records(
         records, columns=["layer", "relative_depth", "measure", "value", "n_tokens"]
     )
+
+
+def compare_models(
+    model_a: str | Path,
+    model_b: str | Path,
+    texts: Sequence[str],
+    layers: Sequence[int] | None = None,
+    *,
+    revision_a: str | None = None,
+    revision_b: str | None = None,
+    max_length: int = 128,
+    dtype: str = "float32",
+    measures: Sequence[str] = MEASURES,
+    exclude_special: bool = False,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Extract (or reuse cached) activations of two models on the same texts and compare them
+    layer by layer: :func:`~repgeo_utils.activations.extract_activations` twice, then
+    :func:`layer_similarity`. Typically ``model_a`` is pre-trained and ``model_b`` the same
+    model fine-tuned (a local checkpoint folder)."""
+    from .activations import extract_activations
+
+    common = dict(max_length=max_length, dtype=dtype, progress=progress)
+    a = extract_activations(model_a, texts, layers, revision=revision_a, **common)
+    b = extract_activations(model_b, texts, layers, revision=revision_b, **common)
+    return layer_similarity(a, b, measures=measures, exclude_special=exclude_special)
