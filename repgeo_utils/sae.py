@@ -35,13 +35,16 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .activations import ActivationSet
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +263,31 @@ def _activation(pre: Tensor, config: SAEConfig) -> Tensor:
 # --- activation sources --------------------------------------------------------------------
 
 
+class RowSelection:
+    """Chosen rows of an array-like (e.g. one memory-mapped shard), read only when used.
+
+    A list of these is a shard sequence :func:`train_sae` can stream: its length is known
+    without touching the disk, and each shard's rows are loaded one shard at a time.
+    """
+
+    def __init__(self, array: Any, rows: Int[np.ndarray, " rows"] | None = None) -> None:
+        self.array = array
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.array) if self.rows is None else len(self.rows)
+
+    def load(self) -> np.ndarray:
+        """The selected rows as one in-memory array."""
+        if self.rows is None:
+            return np.asarray(self.array)
+        return np.asarray(self.array[self.rows])
+
+
 def _as_tensor(chunk: Any, d_in: int, where: str) -> Tensor:
-    """A float32 CPU/device-agnostic 2-D tensor from one chunk, checked for shape and NaN."""
+    """A 2-D floating-point tensor from one chunk, checked for shape and NaN."""
+    if isinstance(chunk, RowSelection):
+        chunk = chunk.load()
     if isinstance(chunk, np.ndarray):
         chunk = np.ascontiguousarray(chunk)
         with warnings.catch_warnings():  # read-only memory maps: we never write into them
@@ -441,10 +467,11 @@ def _batches(
             chunk = torch.cat([carry, chunk])
             carry = None
         full = (chunk.shape[0] // batch_size) * batch_size
-        yield from chunk[:full].split(batch_size)
+        if full:
+            yield from chunk[:full].split(batch_size)
         if full < chunk.shape[0]:
             carry = chunk[full:]
-    if carry is not None:
+    if carry is not None and carry.shape[0]:
         yield carry
 
 
@@ -517,8 +544,9 @@ def train_sae(
     "sequence_means"`` pass a matrix with its ``offsets`` (sequence ``i`` owns rows
     ``offsets[i]:offsets[i+1]``) and the SAE trains on per-sequence mean activations.
 
-    Seeded by ``config.seed``. The input mean and scale are estimated on the first
-    ``config.stats_tokens`` rows; the returned SAE takes raw activations.
+    Seeded by ``config.seed``. The input mean and scale are estimated on
+    ``config.stats_tokens`` rows (a random subset of a matrix, the first rows of a stream);
+    the returned SAE takes raw activations.
     """
     device = torch.device(device) if device is not None else _default_device()
     if config.train_on == "sequence_means":
@@ -531,8 +559,13 @@ def train_sae(
         activations = _pool_sequences(_as_tensor(activations, config.d_in, "activations"), offsets)
     elif offsets is not None:
         log.info("offsets are only used with train_on='sequence_means'; ignoring them")
-    source = _Source(activations, config.d_in)
+    return _train_on_source(config, _Source(activations, config.d_in), device, progress)
 
+
+def _train_on_source(
+    config: SAEConfig, source: _Source, device: torch.device, progress: bool
+) -> tuple[SparseAutoencoder, TrainHistory]:
+    """The training loop of :func:`train_sae` on an already wrapped source."""
     generator = torch.Generator().manual_seed(config.seed)
     sae = SparseAutoencoder(config)
     sae.reset_parameters(generator)
@@ -953,3 +986,144 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAu
     sae.input_scale = float(meta.get("input_scale", 1.0))
     sae.eval()
     return sae.to(device)
+
+
+# --- SAEs on cached activations ------------------------------------------------------------
+
+
+def split_texts(n_texts: int, eval_fraction: float, seed: int) -> Bool[np.ndarray, " texts"]:
+    """Held-out texts: a seeded random ``eval_fraction`` of ``n_texts`` (at least one text,
+    and at least one left for training). Splitting by text keeps a text's tokens together."""
+    if not 0 < eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    if n_texts < 2:
+        raise ValueError(f"Need at least 2 texts to hold some out, got {n_texts}")
+    n_eval = min(max(1, round(eval_fraction * n_texts)), n_texts - 1)
+    held_out = np.zeros(n_texts, dtype=bool)
+    held_out[np.random.default_rng(seed).permutation(n_texts)[:n_eval]] = True
+    return held_out
+
+
+@dataclass
+class TrainedSAE:
+    """An SAE trained on one layer of an activation set, with its record."""
+
+    sae: SparseAutoencoder
+    history: TrainHistory
+    #: metrics on the tokens of the held-out texts
+    metrics: SAEMetrics
+    #: the cache entry holding it
+    path: Path
+    #: the ``hidden_states`` index it was trained on
+    layer: int
+    #: True for the texts held out from training
+    eval_texts: Bool[np.ndarray, " texts"]
+
+
+def sae_cache_key(
+    activations: ActivationSet,
+    layer: int,
+    config: SAEConfig,
+    *,
+    eval_fraction: float = 0.1,
+    split_seed: int = 0,
+    exclude_special: bool = False,
+) -> dict[str, Any]:
+    """The cache key of :func:`train_sae_on_activations`: the activation entry's own key,
+    the layer, every config field and the split."""
+    return {
+        "format": FORMAT,
+        "activations": activations.key,
+        "layer": int(layer) % activations.n_hidden_states,
+        "config": config.to_dict(),
+        "eval_fraction": eval_fraction,
+        "split_seed": split_seed,
+        "exclude_special": exclude_special,
+    }
+
+
+def _token_rows_by_shard(
+    tokens: Any, token_mask: Bool[np.ndarray, " tokens"]
+) -> list[RowSelection]:
+    """One :class:`RowSelection` per shard of a ``ShardedArray``: the rows where mask is set."""
+    out, start = [], 0
+    for part in tokens.parts():
+        rows = np.flatnonzero(token_mask[start : start + len(part)])
+        start += len(part)
+        if len(rows):
+            out.append(RowSelection(part, rows))
+    return out
+
+
+def train_sae_on_activations(
+    activations: ActivationSet,
+    layer: int,
+    config: SAEConfig,
+    *,
+    eval_fraction: float = 0.1,
+    split_seed: int = 0,
+    exclude_special: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    root: Path | None = None,
+) -> TrainedSAE:
+    """Train (or load from the cache) an SAE on one layer of a cached activation set.
+
+    The texts are split by :func:`split_texts`; the SAE streams the training texts' token rows
+    shard by shard from the memory-mapped activation cache (or, with ``config.train_on ==
+    "sequence_means"``, trains on their mean activations) and is evaluated on the held-out
+    texts' tokens. ``exclude_special`` leaves [CLS]/[SEP]-like tokens out of training and
+    evaluation. The result is a cache entry of kind ``sae`` keyed by :func:`sae_cache_key`
+    (the activation entry's key, the layer, the config and the split), so a rerun loads it.
+    """
+    from .cache import cache_entry
+
+    tokens = activations.tokens(layer)  # validates the layer
+    stored = int(layer) % activations.n_hidden_states
+    if activations.d_model != config.d_in:
+        raise ValueError(
+            f"The activations have d_model={activations.d_model} but the SAE config says "
+            f"d_in={config.d_in}."
+        )
+    if exclude_special and config.train_on == "sequence_means":
+        raise ValueError("exclude_special applies to token training, not to sequence means.")
+    held_out = split_texts(activations.n_texts, eval_fraction, split_seed)
+    key = sae_cache_key(
+        activations,
+        stored,
+        config,
+        eval_fraction=eval_fraction,
+        split_seed=split_seed,
+        exclude_special=exclude_special,
+    )
+    name = f"{activations.path.name}__L{stored}__{config.architecture}"
+    with cache_entry("sae", name, key, root=root) as entry:
+        if not entry.exists:
+            token_held_out = np.repeat(held_out, activations.lengths)
+            keep = ~activations.special_mask if exclude_special else np.ones_like(token_held_out)
+            eval_source = _token_rows_by_shard(tokens, token_held_out & keep)
+            if config.train_on == "sequence_means":
+                train_source = activations.pooled(stored, "mean")[~held_out]
+            else:
+                train_source = _token_rows_by_shard(tokens, ~token_held_out & keep)
+            resolved = torch.device(device) if device is not None else _default_device()
+            sae, history = _train_on_source(
+                config, _Source(train_source, config.d_in), resolved, progress
+            )
+            metrics = evaluate_sae(sae, eval_source)
+            save_sae(sae, entry.tmp)
+            (entry.tmp / "history.json").write_text(json.dumps(asdict(history)))
+            (entry.tmp / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
+            log.info("SAE %s layer %d: %s", name, stored, metrics)
+    folder = entry.path
+    record = json.loads((folder / "history.json").read_text())
+    metrics_record = json.loads((folder / "metrics.json").read_text())
+    metrics_record.pop("fve", None)
+    return TrainedSAE(
+        sae=load_sae(folder, device="cpu" if device is None else device),
+        history=TrainHistory(**record),
+        metrics=SAEMetrics(**metrics_record),
+        path=folder,
+        layer=stored,
+        eval_texts=held_out,
+    )

@@ -24,19 +24,12 @@ from repgeo_utils.sae import (
     match_features,
     save_sae,
     sparsity_stats,
+    split_texts,
     top_activating_tokens,
     top_variance_features,
     train_sae,
+    train_sae_on_activations,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The SAEs here are tiny: one thread avoids OpenMP overhead on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def sparse_dictionary_data(
@@ -402,3 +395,86 @@ def test_one_shot_iterator_only_for_one_epoch():
     two_epochs = SAEConfig(d_in=8, d_sae=16, epochs=2, batch_size=64)
     with pytest.raises(ValueError, match="one-shot iterator"):
         train_sae(two_epochs, iter(x.split(200)), progress=False)
+
+
+# --- SAEs on the activation cache ----------------------------------------------------------
+
+
+def test_split_texts_is_seeded_and_keeps_both_sides():
+    held_out = split_texts(50, 0.1, seed=3)
+    assert held_out.sum() == 5
+    assert np.array_equal(held_out, split_texts(50, 0.1, seed=3))
+    assert not np.array_equal(held_out, split_texts(50, 0.1, seed=4))
+    assert split_texts(2, 0.9, seed=0).sum() == 1
+    with pytest.raises(ValueError, match="eval_fraction"):
+        split_texts(10, 1.0, seed=0)
+
+
+@pytest.fixture
+def tiny_activations(tiny_bert):
+    from conftest import TINY_WORDS
+
+    from repgeo_utils.activations import extract_activations
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(TINY_WORDS, size=rng.integers(3, 12))) for _ in range(80)]
+    # a tiny shard size forces several shards, so training streams across files
+    return extract_activations(
+        tiny_bert, texts, [1, -1], max_length=64, shard_mb=0.02, progress=False
+    )
+
+
+def test_train_sae_on_activations_streams_and_caches(tiny_activations, monkeypatch):
+    import repgeo_utils.sae as sae_module
+
+    acts = tiny_activations
+    assert len(acts.meta["shards"]) > 1
+    config = SAEConfig(d_in=16, d_sae=32, epochs=2, batch_size=64)
+    calls = []
+    real_train = sae_module._train_on_source
+    monkeypatch.setattr(
+        sae_module, "_train_on_source", lambda *a, **k: calls.append(1) or real_train(*a, **k)
+    )
+    first = train_sae_on_activations(acts, -1, config, progress=False)
+    held_out_tokens = int(acts.lengths[first.eval_texts].sum())
+    assert first.layer == 2
+    assert first.metrics.n_tokens == held_out_tokens
+    assert first.history.tokens_seen == 2 * (acts.n_tokens - held_out_tokens)
+    assert 0 <= first.metrics.fvu < 1
+    # the same request is a cache hit: same entry, same weights, no training
+    again = train_sae_on_activations(acts, 2, config, progress=False)
+    assert len(calls) == 1
+    assert again.path == first.path
+    assert torch.equal(again.sae.W_dec, first.sae.W_dec)
+    assert again.metrics == first.metrics
+    # any change of layer, config or split is a new entry
+    other_layer = train_sae_on_activations(acts, 1, config, progress=False)
+    other_seed = train_sae_on_activations(acts, -1, config, split_seed=1, progress=False)
+    other_config = train_sae_on_activations(
+        acts, -1, SAEConfig(d_in=16, d_sae=32, epochs=2, batch_size=64, seed=1), progress=False
+    )
+    assert len({first.path, other_layer.path, other_seed.path, other_config.path}) == 4
+    assert len(calls) == 4
+    # the cached SAE evaluates like the record says
+    eval_rows = np.repeat(first.eval_texts, acts.lengths)
+    recomputed = evaluate_sae(first.sae, np.asarray(acts.tokens(-1))[eval_rows])
+    assert recomputed.fvu == pytest.approx(first.metrics.fvu, rel=1e-5)
+
+
+def test_train_sae_on_activations_sequence_means_and_errors(tiny_activations):
+    acts = tiny_activations
+    config = SAEConfig(d_in=16, d_sae=32, epochs=3, batch_size=16, train_on="sequence_means")
+    trained = train_sae_on_activations(acts, -1, config, progress=False)
+    assert trained.history.tokens_seen == 3 * int((~trained.eval_texts).sum())  # one row a text
+    assert trained.metrics.n_tokens == int(acts.lengths[trained.eval_texts].sum())  # on tokens
+    without_special = train_sae_on_activations(
+        acts, -1, SAEConfig(d_in=16, d_sae=32, epochs=1), exclude_special=True, progress=False
+    )
+    special_eval = (np.repeat(without_special.eval_texts, acts.lengths) & acts.special_mask).sum()
+    assert without_special.metrics.n_tokens == acts.lengths[without_special.eval_texts].sum() - (
+        special_eval
+    )
+    with pytest.raises(ValueError, match="d_model=16"):
+        train_sae_on_activations(acts, -1, SAEConfig(d_in=32, d_sae=64), progress=False)
+    with pytest.raises(KeyError, match="not extracted"):
+        train_sae_on_activations(acts, 0, SAEConfig(d_in=16, d_sae=32), progress=False)
