@@ -44,6 +44,13 @@ MEASURE_LABELS: dict[str, str] = {
     "linear_cka": "linear CKA",
 }
 
+#: Paper 1 (Nadipalli 2025, Fig 1): per-layer similarity of bert-base-uncased pre- vs
+#: post-fine-tuning at its last layer (12), by the paper's task; layer 0 was 0.999 for every task.
+#: The paper's code computed these as the mean per-token cosine over non-padding tokens.
+PAPER_LAST_LAYER: dict[str, float] = {"imdb": 0.49, "spotify": 0.51, "news": 0.28}
+PAPER_FIRST_LAYER = 0.999
+PAPER_MEASURE = "mean_token_cosine"
+
 #: Rows read at a time. Large enough for efficient matrix products, small enough that a chunk
 #: of two 768-wide float32 matrices stays near 100 MB.
 CHUNK_ROWS = 1 << 15
