@@ -493,3 +493,10 @@ def describe(dd) -> pd.DataFrame:
     names = dd["train"].features["label"].names
     table = {split: np.bincount(dd[split]["label"], minlength=len(names)) for split in dd}
     return pd.DataFrame(table, index=pd.Index(names, name="class"))
+
+
+def load_profile_task(task: str, profile="quick", *, seed: int = 0):
+    """``load_task`` with the row cap a profile sets for ``task`` (notebooks call this)."""
+    from .config import get_profile
+
+    return load_task(task, max_rows=get_profile(profile).rows_for(task), seed=seed)

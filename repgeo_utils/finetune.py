@@ -161,6 +161,10 @@ class FinetuneResult:
         }
 
 
+#: Paper 1 (Nadipalli 2025), Appendix A, Table 2: test accuracy of bert-base-uncased before
+#: (untrained head) and after fine-tuning, by the paper's task.
+PAPER_TABLE2 = {"imdb": (0.54, 0.93), "spotify": (0.12, 0.57), "news": (0.12, 0.93)}
+
 RESULTS = "results.json"
 
 
@@ -310,3 +314,24 @@ def _load_result(path: Path, *, cached: bool) -> FinetuneResult:
         train_tokens=r["train_tokens"],
         cached=cached,
     )
+
+
+def finetune_profile(
+    profile="quick",
+    tasks: list[str] | None = None,
+    *,
+    seed: int = 0,
+    model: str | None = None,
+    progress: bool = True,
+) -> dict[str, FinetuneResult]:
+    """Fine-tune (or reuse) the profile's model on each task with the profile's settings."""
+    from .config import get_profile
+    from .data import load_profile_task
+
+    prof = get_profile(profile)
+    results = {}
+    for task in tasks or prof.tasks:
+        dataset = load_profile_task(task, prof, seed=seed)
+        results[task] = finetune_task(model or prof.model, dataset, prof.finetune_settings(task),
+                                      task=task, seed=seed, progress=progress)
+    return results

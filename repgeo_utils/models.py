@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -148,9 +149,27 @@ def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
     )
 
 
+@contextmanager
+def _quiet():
+    """Silence transformers' load reports and weight-loading bars (a fresh head is expected)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(loader, ref: ModelRef, **kwargs):
     try:
-        return loader.from_pretrained(ref.path, revision=ref.revision, **kwargs)
+        with _quiet():
+            return loader.from_pretrained(ref.path, revision=ref.revision, **kwargs)
     except OSError as err:
         if ref.source == "hub":
             offline = ", ".join(k for k, s in MODELS.items() if s.source == "package")
