@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from repgeo_utils.activations import ShardedArray, extract_activations
+from repgeo_utils.plotting import plot_layer_similarity, plot_similarity_by_size
 from repgeo_utils.similarity import (
     MEASURES,
     compare_models,
@@ -265,3 +267,12 @@ def test_model_size_comparison_path_with_different_depths(tiny_bert_factory, tmp
     assert len(last) == 3 * len(MEASURES)
     first = sizes[sizes["layer"] == 0]
     np.testing.assert_allclose(first["value"], 1.0, atol=1e-6)
+    # the notebook's two figures draw from these tables
+    fig = plot_similarity_by_size(sizes.assign(task="tiny task"), "linear_cka")
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 3
+    fig = plot_layer_similarity(sizes.rename(columns={"model": "task"}), "mean_token_cosine",
+                                paper={"L3": 0.28})  # fmt: skip
+    assert len(fig.axes[0].lines) == 3 and len(fig.axes[0].collections) == 1
+    with pytest.raises(ValueError, match="No rows"):
+        plot_layer_similarity(sizes, "cosine")
+    plt.close("all")
