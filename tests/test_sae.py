@@ -99,7 +99,8 @@ def test_topk_has_exactly_k_active_latents(synthetic):
     assert torch.equal((latents != 0).sum(1), torch.gather(latents, 1, top).ne(0).sum(1))
 
 
-def test_hand_written_gradients_match_autograd():
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense-route", "sparse-route"])
+def test_hand_written_gradients_match_autograd(sparse):
     torch.manual_seed(0)
     for settings in (
         dict(architecture="relu", l1_coefficient=0.02, normalize_decoder=False),
@@ -113,7 +114,7 @@ def test_hand_written_gradients_match_autograd():
             sae.b_dec.normal_()
         x = torch.randn(17, 6, dtype=torch.float64)
         l1 = config.l1_coefficient if config.architecture == "relu" else 0.0
-        mse, _ = _grad_step(sae, x, l1)
+        mse, l1_term, density = _grad_step(sae, x, l1, sparse=sparse)
         by_hand = {name: p.grad.clone() for name, p in sae.named_parameters()}
         sae.zero_grad(set_to_none=True)
         centre = sae.b_dec.detach() if config.subtract_decoder_bias else 0.0
@@ -128,7 +129,33 @@ def test_hand_written_gradients_match_autograd():
             torch.testing.assert_close(by_hand[name], expected, rtol=1e-9, atol=1e-12)
         with torch.no_grad():
             expected_mse = float(((h @ sae.W_dec + sae.b_dec - x) ** 2).mean())
-        assert float(mse) == pytest.approx(expected_mse, rel=1e-12)
+            assert float(mse) == pytest.approx(expected_mse, rel=1e-12)
+            assert float(l1_term) == pytest.approx(float(h.sum(1).mean()), rel=1e-12)
+            assert density == pytest.approx(float((h != 0).double().mean()))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(architecture="topk", k=4), dict(architecture="relu", l1_coefficient=0.1)],
+    ids=["topk", "relu"],
+)
+def test_sparse_route_trains_like_dense_route(synthetic, settings, monkeypatch):
+    """On the CPU, steps with few active latents take the sparse route; the same training
+    forced onto the dense route ends at the same weights (up to float rounding)."""
+    import repgeo_utils.sae as sae_module
+
+    x, _ = synthetic
+    config = SAEConfig(d_in=32, d_sae=128, epochs=4, batch_size=128, lr=3e-3, **settings)
+    monkeypatch.setattr(sae_module, "SPARSE_DENSITY", 0.25)  # sparse below 32 active latents
+    sparse, history = train_sae(config, x[:8000], progress=False)
+    assert sum(v < 32 for v in history.step_l0) > 50  # many steps ran sparse
+    if config.architecture == "topk":
+        assert max(history.step_l0) <= 4
+    monkeypatch.setattr(sae_module, "SPARSE_DENSITY", 0.0)
+    dense, dense_history = train_sae(config, x[:8000], progress=False)
+    torch.testing.assert_close(sparse.W_dec, dense.W_dec, rtol=0, atol=1e-4)
+    torch.testing.assert_close(sparse.W_enc, dense.W_enc, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(history.step_l0, dense_history.step_l0, atol=0.05)
 
 
 def test_training_is_seeded_and_streams_shards(synthetic):
