@@ -177,6 +177,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 class SparseAutoencoder(nn.Module):
     """One SAE: ``encode`` gives latents, ``decode`` reconstructions, ``forward`` both.
 
+    SAEs returned by :func:`train_sae` and :func:`load_sae` have ``requires_grad`` off, so
+    their outputs are plain tensors (call ``requires_grad_(True)`` to differentiate them).
+
     ``input_scale`` records the constant the inputs were multiplied by during training; it is
     already folded into the weights of a trained SAE (so it takes raw activations).
     """
@@ -710,6 +713,7 @@ def _train_on_source(
     bar.close()
     sae.fold_input_scale(scale)
     sae.zero_grad(set_to_none=True)
+    sae.requires_grad_(False)  # a trained SAE is for analysis: its outputs need no autograd
     sae.eval()
     log.info(
         "trained SAE %s: %d tokens in %.1f s (%.0f tokens/s), final epoch loss %.4g",
@@ -849,6 +853,44 @@ def encode_batches(
             yield sae.encode(x.to(sae.W_enc.device))
 
 
+@dataclass(frozen=True)
+class LatentStatistics:
+    """Per-latent statistics of an SAE over a token set (one streaming pass)."""
+
+    n_tokens: int
+    #: share of tokens on which each latent is non-zero
+    firing_frequency: Float[Tensor, " d_sae"]
+    mean: Float[Tensor, " d_sae"]
+    #: population variance over tokens (the paper's feature selection criterion)
+    variance: Float[Tensor, " d_sae"]
+
+
+@torch.no_grad()
+def latent_statistics(
+    sae: SparseAutoencoder, activations: ActivationSource, *, batch_size: int = 8192
+) -> LatentStatistics:
+    """Firing frequency, mean and variance of every latent over ``activations``, streamed."""
+    n = 0
+    fires = torch.zeros(sae.d_sae, dtype=torch.float64)
+    s1 = torch.zeros(sae.d_sae, dtype=torch.float64)
+    s2 = torch.zeros(sae.d_sae, dtype=torch.float64)
+    for h in encode_batches(sae, activations, batch_size):
+        hd = h.double().cpu()
+        fires += (hd != 0).sum(0)
+        s1 += hd.sum(0)
+        s2 += hd.square().sum(0)
+        n += hd.shape[0]
+    if n == 0:
+        raise ValueError("No tokens to compute latent statistics on.")
+    mean = s1 / n
+    return LatentStatistics(
+        n_tokens=n,
+        firing_frequency=fires / n,
+        mean=mean,
+        variance=(s2 / n - mean.square()).clamp_(min=0),
+    )
+
+
 # --- features ------------------------------------------------------------------------------
 
 
@@ -895,7 +937,7 @@ class TokenActivation:
     right: str
 
     def __str__(self) -> str:
-        return f"{self.left} [[{self.token}]] {self.right}".strip()
+        return f"{self.left} «{self.token}» {self.right}".strip()
 
 
 def top_activating_tokens(
@@ -1066,6 +1108,7 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SparseAu
         raise ValueError(f"Weights in {folder} do not fit the config: {got} vs {expected}")
     sae.load_state_dict(tensors)
     sae.input_scale = float(meta.get("input_scale", 1.0))
+    sae.requires_grad_(False)
     sae.eval()
     return sae.to(device)
 

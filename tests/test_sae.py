@@ -20,6 +20,7 @@ from repgeo_utils.sae import (
     decoder_directions,
     evaluate_sae,
     fraction_of_variance_unexplained,
+    latent_statistics,
     load_sae,
     match_features,
     save_sae,
@@ -253,6 +254,12 @@ def test_evaluate_sae_hand_made():
     assert m.mse == pytest.approx(6 / 8)
     assert m.fvu == pytest.approx(0.6)
     assert m.fve == pytest.approx(0.4)
+    # per latent over the 4 tokens: values (1,0,0,0), (0,2,0,0), (0,0,0,0)
+    stats = latent_statistics(sae, [x[:1], x[1:]])
+    assert stats.n_tokens == 4
+    torch.testing.assert_close(stats.firing_frequency, torch.tensor([0.25, 0.25, 0.0]).double())
+    torch.testing.assert_close(stats.mean, torch.tensor([0.25, 0.5, 0.0]).double())
+    torch.testing.assert_close(stats.variance, torch.tensor([0.1875, 0.75, 0.0]).double())
 
 
 def test_top_variance_features_hand_computed():
@@ -290,7 +297,7 @@ def test_top_activating_tokens_with_context():
     first = top[0]
     assert (first.activation, first.sequence, first.position) == (3.0, 0, 4)
     assert (first.left, first.right) == ("plot was", "[SEP]")
-    assert str(top[1]) == "[CLS] [[great]] ##ly [SEP]"  # context stops at its own sequence
+    assert str(top[1]) == "[CLS] «great» ##ly [SEP]"  # context stops at its own sequence
     assert top[2].left == "[CLS] great"
 
 
