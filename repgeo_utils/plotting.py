@@ -123,4 +123,151 @@ def plot_similarity_by_size(
 
 # --- SAEs and token pictures (notebooks 03-04) ---------------------------------------------
 
+
+def plot_sae_training(histories: dict, *, smooth: int = 25):
+    """SAE training curves: reconstruction MSE (in the SAE's training units) and active
+    latents per token (L0) against step, one line per run; ``histories`` maps a label to a
+    ``sae.TrainHistory``. Curves are running means over ``smooth`` steps."""
+    import numpy as np
+
+    def running_mean(values):
+        values = np.asarray(values, dtype=float)
+        if len(values) < smooth or smooth <= 1:
+            return np.arange(len(values)), values
+        kernel = np.ones(smooth) / smooth
+        return np.arange(smooth - 1, len(values)), np.convolve(values, kernel, mode="valid")
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.1))
+    for label, history in histories.items():
+        (line,) = a.plot(*running_mean(history.step_mse), lw=1.2, label=str(label))
+        if history.step_l0 and not np.all(np.isnan(history.step_l0)):
+            b.plot(*running_mean(history.step_l0), lw=1.2, color=line.get_color())
+    a.set(xlabel="step", ylabel="MSE (scaled inputs ~ FVU)", yscale="log")
+    b.set(xlabel="step", ylabel="active latents a token (L0)", yscale="log")
+    a.legend(fontsize=7, frameon=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_latent_density(frequencies: dict, *, dense_threshold: float = 0.1, bins: int = 40):
+    """Histogram of log10 latent firing frequency, one step-line per SAE (``frequencies`` maps a
+    label to per-latent frequencies); dead latents (never fire) are counted in the legend and
+    the dense threshold is marked."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5.4, 3.2))
+    alive_all = [np.asarray(f)[np.asarray(f) > 0] for f in frequencies.values()]
+    low = min((np.log10(f).min() for f in alive_all if len(f)), default=-4.0)
+    edges = np.linspace(np.floor(low), 0.0, bins + 1)
+    for (label, freq), alive in zip(frequencies.items(), alive_all, strict=True):
+        dead = int((np.asarray(freq) == 0).sum())
+        ax.hist(
+            np.log10(alive), bins=edges, histtype="step", lw=1.3, label=f"{label} (dead: {dead})"
+        )
+    ax.axvline(np.log10(dense_threshold), color="k", ls="--", lw=0.8)
+    ax.text(np.log10(dense_threshold), ax.get_ylim()[1] * 0.95, " dense", fontsize=8, va="top")
+    ax.set(xlabel="log10 firing frequency (share of tokens)", ylabel="latents")
+    ax.legend(fontsize=7, frameon=True)
+    return fig
+
+
+def plot_feature_matching(table, *, threshold: float | None = None, title: str | None = None):
+    """How many fine-tuned features keep a pre-trained twin, per layer (one line per task),
+    and the matched decoder cosines per layer (boxes, tasks side by side).
+
+    ``table``: one row per matched fine-tuned feature with columns ``task``, ``layer`` and
+    ``cosine`` (from ``sae.match_features``); ``threshold`` is the cosine that counts as a twin.
+    """
+    import numpy as np
+
+    tasks = list(dict.fromkeys(table["task"]))
+    layers = sorted(set(table["layer"]))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.3))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    width = 0.8 / max(len(tasks), 1)
+    for i, task in enumerate(tasks):
+        rows = table[table["task"] == task]
+        cosines = [rows.loc[rows["layer"] == layer, "cosine"].to_numpy() for layer in layers]
+        color = colors[i % len(colors)]
+        if threshold is not None:
+            share = [float((c >= threshold).mean()) if len(c) else np.nan for c in cosines]
+            a.plot(range(len(layers)), share, marker="o", color=color, label=str(task))
+        positions = np.arange(len(layers)) + (i - (len(tasks) - 1) / 2) * width
+        parts = b.boxplot(
+            cosines,
+            positions=positions,
+            widths=width * 0.9,
+            patch_artist=True,
+            showfliers=False,
+            manage_ticks=False,
+        )
+        for box in parts["boxes"]:
+            box.set(facecolor=color, alpha=0.5, edgecolor=color)
+        for median in parts["medians"]:
+            median.set(color="k")
+    for ax in (a, b):
+        ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
+        ax.set_xlabel("layer")
+    a.set_ylabel(f"share with a twin (cosine >= {threshold})" if threshold else "share")
+    a.set_ylim(-0.03, 1.03)
+    a.legend(fontsize=8, frameon=True)
+    b.set_ylabel("decoder cosine with the matched\npre-trained feature")
+    if threshold is not None:
+        b.axhline(threshold, color="k", ls="--", lw=0.8)
+    fig.suptitle(title or "fine-tuned SAE features vs pre-trained ones", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def plot_token_strips(rows, *, vmax: float | None = None, title: str | None = None):
+    """Token-level activations as coloured strips (paper 1, Figs 3-5): one strip per row, each
+    token a cell shaded by its activation and labelled with its text.
+
+    ``rows``: a list of ``(label, tokens, values)``; strips of one call share a colour scale
+    (``vmax``, default the largest value), so a pre-trained and a fine-tuned strip of the same
+    sentence can be compared cell by cell.
+    """
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+
+    if not rows:
+        raise ValueError("rows is empty: nothing to draw.")
+    peak = vmax or max((float(np.max(v)) for _, _, v in rows if len(v)), default=1.0) or 1.0
+    norm, cmap = Normalize(0.0, peak), colormaps["Reds"]
+    widths = [[max(len(t), 3) * 0.11 + 0.2 for t in tokens] for _, tokens, _ in rows]
+    fig_width = min(max(max(sum(w) for w in widths) + 2.2, 5.0), 16.0)
+    fig, ax = plt.subplots(figsize=(fig_width, 0.55 * len(rows) + 0.6))
+    for r, ((label, tokens, values), cell_widths) in enumerate(zip(rows, widths, strict=True)):
+        y, x = len(rows) - 1 - r, 0.0
+        ax.text(-0.15, y + 0.4, str(label), ha="right", va="center", fontsize=8)
+        for token, value, w in zip(tokens, values, cell_widths, strict=True):
+            shade = cmap(norm(max(float(value), 0.0)))
+            ax.add_patch(plt.Rectangle((x, y), w, 0.8, facecolor=shade, edgecolor="white"))
+            dark = norm(max(float(value), 0.0)) > 0.6
+            ax.text(
+                x + w / 2,
+                y + 0.4,
+                token,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
+            x += w
+    ax.set_xlim(-0.05, max(sum(w) for w in widths) + 0.05)
+    ax.set_ylim(-0.1, len(rows))
+    ax.axis("off")
+    fig.colorbar(
+        plt.cm.ScalarMappable(norm=norm, cmap=cmap),
+        ax=ax,
+        fraction=0.02,
+        pad=0.01,
+        label="feature activation",
+    )
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
 # --- spectral geometry, pretraining phases, toy model (notebooks 05-07) --------------------
