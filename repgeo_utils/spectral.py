@@ -105,13 +105,23 @@ def _as_eigenvalues(eigenvalues, name: str = "eigenvalues") -> np.ndarray:
 # --- eigenspectrum -------------------------------------------------------------------------
 
 
+#: From this size on, eigenvalues go through torch's LAPACK (MKL in the x86 wheels), whose
+#: tridiagonal reduction was 4-6x faster than NumPy's OpenBLAS build at 2,048 x 2,048 here;
+#: below it NumPy's lower call overhead wins.
+TORCH_EIGH_MIN_SIZE = 512
+
+
 def _symmetric_eigenvalues(matrix: np.ndarray) -> np.ndarray:
     """Eigenvalues of a symmetric PSD matrix, descending, round-off negatives set to 0.
 
-    Reads only the lower triangle (LAPACK syevd, eigenvalues only: several times faster here
-    than scipy's ``eigh(..., eigvals_only=True)`` drivers).
+    Reads only the lower triangle (LAPACK syevd, eigenvalues only).
     """
-    values = np.linalg.eigvalsh(matrix, UPLO="L")
+    if matrix.shape[0] >= TORCH_EIGH_MIN_SIZE:
+        import torch
+
+        values = torch.linalg.eigvalsh(torch.from_numpy(matrix), UPLO="L").numpy()
+    else:
+        values = np.linalg.eigvalsh(matrix, UPLO="L")
     return np.clip(values[::-1], 0.0, None)
 
 

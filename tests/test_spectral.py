@@ -42,9 +42,10 @@ def rankme_by_hand(eigenvalues, variant):
 # --- eigenspectrum ------------------------------------------------------------------------
 
 
-def test_eigenspectrum_matches_svd_of_centred_matrix():
+@pytest.mark.parametrize(("n", "d"), [(300, 40), (700, 520)])  # 520: the torch LAPACK path
+def test_eigenspectrum_matches_svd_of_centred_matrix(n, d):
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(300, 40)) @ rng.normal(size=(40, 40)) + 5.0
+    x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + 5.0
     centred = x - x.mean(axis=0)
     expected = np.linalg.svd(centred, compute_uv=False) ** 2 / (x.shape[0] - 1)
     np.testing.assert_allclose(eigenspectrum(x), expected, rtol=1e-10, atol=1e-12)
