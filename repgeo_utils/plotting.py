@@ -271,3 +271,78 @@ def plot_token_strips(rows, *, vmax: float | None = None, title: str | None = No
 
 
 # --- spectral geometry, pretraining phases, toy model (notebooks 05-07) --------------------
+
+
+def plot_toy_rankme(runs, verdicts=None, *, variants=("covariance", "singular"), title=None):
+    """RankMe of the toy model's embeddings against gradient-descent step.
+
+    Top row, a panel a condition: both RankMe variants (named in the legend), the dotted line
+    at ``d`` (the most RankMe can reach). Bottom: every condition's first-variant RankMe
+    divided by its peak after the collapse, from the collapse on, so a late fall of a few
+    percent is visible side by side. ``runs`` maps condition names to ``toy.ToyRun``;
+    ``verdicts`` (optional) maps them to the ``toy.RiseFall`` of the first variant, marked at
+    the peak with the size of the fall. Symlog step axis (step 0 is the initialisation).
+    Returns the figure.
+    """
+    import numpy as np
+
+    from .spectral import RANKME_LABELS
+
+    if not runs:
+        raise ValueError("runs is empty: pass {condition name: ToyRun}")
+    verdicts = verdicts or {}
+    styles = {"covariance": ("#1f4e79", "-"), "singular": ("#e08214", "--")}
+    fig = plt.figure(figsize=(3.3 * len(runs), 6.6))
+    grid = fig.add_gridspec(2, len(runs), height_ratios=(1.0, 0.9), hspace=0.55, top=0.85)
+    for col, (name, run) in enumerate(runs.items()):
+        ax = fig.add_subplot(grid[0, col])
+        cfg = run.config
+        for variant in variants:
+            color, dash = styles.get(variant, ("#333333", ":"))
+            label = RANKME_LABELS.get(variant, variant)
+            ax.plot(run.steps, run.rankme(variant), color=color, ls=dash, lw=1.6, label=label)
+        ax.axhline(cfg.d_embed, color="#999999", ls=":", lw=1)
+        verdict = verdicts.get(name)
+        if verdict is not None:
+            falls = verdict.rises_then_falls
+            if falls:
+                ax.plot([verdict.peak_step], [verdict.peak_value], "o", color="#c51b7d", ms=5)
+            text = f"fall {100 * verdict.fall:.1f}% after the peak" if falls else "no fall"
+            ax.text(
+                0.97, 0.05, text, transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=8.5, color="#c51b7d" if falls else "#555555",
+            )  # fmt: skip
+        loss = "CE" if cfg.loss == "cross_entropy" else "MSE"
+        ax.set_title(
+            f"{name}\nd={cfg.d_embed}, C={cfg.n_classes}, Zipf s={cfg.zipf_exponent:g}, "
+            f"eps={cfg.label_smoothing:g}, {loss}",
+            fontsize=9,
+        )
+        ax.set_xscale("symlog", linthresh=1.0, linscale=0.3)
+        ax.set_xlim(0, run.steps[-1])
+        ax.set_ylim(0, cfg.d_embed * 1.08)
+        ax.set_xlabel("gradient-descent step")
+        if col == 0:
+            ax.set_ylabel("RankMe of the embeddings F")
+            handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
+               bbox_to_anchor=(0.5, 0.955))  # fmt: skip
+
+    ax = fig.add_subplot(grid[1, :])
+    first = variants[0]
+    for name, run in runs.items():
+        values = np.asarray(run.rankme(first))
+        low = int(np.argmin(values))
+        peak = values[low:].max()
+        ax.plot(run.steps[low:], values[low:] / peak, lw=1.8, label=name)
+    ax.axhline(1.0, color="#999999", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_ylim(0.8, 1.01)
+    ax.set_xlabel("gradient-descent step (from each condition's collapse on)")
+    ax.set_ylabel("RankMe / its peak")
+    ax.set_title(f"{RANKME_LABELS.get(first, first)} relative to its peak after the collapse",
+                 fontsize=10)  # fmt: skip
+    ax.legend(loc="lower left", ncol=len(runs), fontsize=8.5)
+    fig.suptitle(title or "Toy model: RankMe of the embeddings over training, per condition",
+                 y=0.995)  # fmt: skip
+    return fig
