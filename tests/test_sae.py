@@ -414,6 +414,8 @@ def test_presets():
     assert (paper.lr, paper.epochs, paper.batch_size, paper.l1_coefficient) == (2e-5, 10, 16, 1e-3)
     assert SAEConfig.preset("default", 384, 1024) == SAEConfig(d_in=384, d_sae=1024)
     assert SAEConfig.preset("paper", 8, 16, epochs=2).epochs == 2
+    assert SAEConfig.preset("topk-32", 384, 1024).k == 32
+    assert SAEConfig.preset("l1-sparse", 384, 1024).l1_coefficient == 1e-2
     with pytest.raises(ValueError, match="Known presets"):
         SAEConfig.preset("fast", 8, 16)
     assert SAEConfig.from_dict(paper.to_dict()) == paper
@@ -529,6 +531,13 @@ def test_train_sae_on_activations_sequence_means_and_errors(tiny_activations):
     assert without_special.metrics.n_tokens == acts.lengths[without_special.eval_texts].sum() - (
         special_eval
     )
+    # a ShardedArray streams straight into train_sae, one memory-mapped shard at a time
+    direct, history = train_sae(
+        SAEConfig(d_in=16, d_sae=32, epochs=1), acts.tokens(-1), progress=False
+    )
+    assert history.tokens_seen == acts.n_tokens
+    with torch.no_grad():
+        assert direct.encode(acts.tokens(-1)[:5]).shape == (5, 32)  # NumPy rows in, latents out
     with pytest.raises(ValueError, match="d_model=16"):
         train_sae_on_activations(acts, -1, SAEConfig(d_in=32, d_sae=64), progress=False)
     with pytest.raises(KeyError, match="not extracted"):
