@@ -538,7 +538,7 @@ def _input_stats_of(x: Tensor) -> tuple[Tensor, float]:
 #: (measured crossover, one CPU thread: about 6% at batch 256, 9% at batch 1024).
 SPARSE_DENSITY = 0.05
 #: Sample tokens used to set the initial encoder bias (``SAEConfig.init_density``).
-INIT_TOKENS = 8192
+INIT_TOKENS = 4096
 
 
 @torch.no_grad()
@@ -585,10 +585,8 @@ def _grad_step(
         sae.b_enc.grad = g_pre.sum(0)
         if not measure:
             nnz = -1
-        elif c.architecture == "relu":
-            nnz = int(torch.count_nonzero(h))
-        else:
-            nnz = int(torch.count_nonzero(values))
+        else:  # latents are >= 0, so summing signs counts them (much faster than count_nonzero)
+            nnz = int((h if c.architecture == "relu" else values).sign().sum())
     else:
         if c.architecture == "relu":
             active = pre.clamp_(min=0).nonzero()
@@ -624,7 +622,7 @@ def _grad_step(
         )
         sae.W_enc.grad = g_enc.T.contiguous()
         sae.b_enc.grad = torch.zeros(c.d_sae, dtype=x.dtype).index_add_(0, cols, g_pre)
-        nnz = int(torch.count_nonzero(values))
+        nnz = int(values.sign().sum())
     if c.normalize_decoder:
         w, g = sae.W_dec, sae.W_dec.grad
         g.sub_((g * w).sum(1, keepdim=True) * w)  # keep rows on the unit sphere
@@ -684,8 +682,10 @@ def _train_on_source(
         if config.init_density is not None and config.architecture == "relu":
             # each latent starts active on init_density of the sample tokens
             x = sample[:INIT_TOKENS].float() * scale
-            pre = (x - sae.b_dec if config.subtract_decoder_bias else x) @ sae.W_enc
-            sae.b_enc.copy_(-pre.quantile(1 - config.init_density, dim=0))
+            pre = ((x - sae.b_dec if config.subtract_decoder_bias else x) @ sae.W_enc).numpy()
+            kth = min(int((1 - config.init_density) * len(pre)), len(pre) - 1)
+            # np.partition: one O(n) selection per latent (torch.quantile sorts, 10x slower)
+            sae.b_enc.copy_(-torch.from_numpy(np.partition(pre, kth, axis=0)[kth]))
     sae.to(device)
     if source.matrix is not None:
         source.matrix = source.matrix.to(device=device, dtype=torch.float32)
