@@ -95,6 +95,31 @@ def cache_entry(
         yield entry
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.parent / f".{path.name}.lock"):
+        if entry.exists:  # another process finished it while we waited for the lock
+            log.info("cache hit after waiting: %s", path)
+            yield entry
+            return
+        with _build(entry, extra_meta) as built:
+            yield built
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory inter-process lock, so two runs never build the same entry twice."""
+    import fcntl
+
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _build(entry: CacheEntry, extra_meta: dict[str, Any] | None) -> Iterator[CacheEntry]:
+    path, key = entry.path, entry.key
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     entry.tmp = tmp
     try:

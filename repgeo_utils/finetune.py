@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch
 from .cache import cache_entry
 from .config import FinetuneSettings
 from .data import fingerprint
-from .models import load_model, resolve_model
+from .models import quiet_hf, load_model, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,19 @@ PAPER_TABLE2 = {"imdb": (0.54, 0.93), "spotify": (0.12, 0.57), "news": (0.12, 0.
 RESULTS = "results.json"
 
 
+@contextmanager
+def _no_datasets_bars():
+    import datasets
+
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()
+
+
 def _history(log_history: list[dict]) -> pd.DataFrame:
     train = [r for r in log_history if "loss" in r and "epoch" in r]
     evals = [r for r in log_history if "eval_accuracy" in r]
@@ -233,9 +247,10 @@ def finetune_task(
         def tokenize(batch):
             return tokenizer(batch["text"], truncation=True, max_length=settings.max_length)
 
-        tok = dataset.map(tokenize, batched=True, remove_columns=["text"])
-        tok = tok.rename_column("label", "labels")
-        tok = tok.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
+        with _no_datasets_bars():
+            tok = dataset.map(tokenize, batched=True, remove_columns=["text"])
+            tok = tok.rename_column("label", "labels")
+            tok = tok.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
         real_tokens = int(sum(tok["train"]["length"]))
 
         args = TrainingArguments(
@@ -257,6 +272,7 @@ def finetune_task(
             seed=seed,
             data_seed=seed,
             disable_tqdm=not progress,
+            dataloader_pin_memory=torch.cuda.is_available(),
         )
 
         def accuracy(pred):
@@ -277,8 +293,9 @@ def finetune_task(
         post = evaluate(model, tokenizer, dataset["test"], max_length=settings.max_length)
 
         ckpt = out / "model"
-        model.save_pretrained(ckpt)
-        tokenizer.save_pretrained(ckpt)
+        with quiet_hf():
+            model.save_pretrained(ckpt)
+            tokenizer.save_pretrained(ckpt)
         history = _history(trainer.state.log_history)
         results = {
             "model": model_name,

@@ -150,7 +150,7 @@ def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
 
 
 @contextmanager
-def _quiet():
+def quiet_hf():
     """Silence transformers' load reports and weight-loading bars (a fresh head is expected)."""
     from transformers.utils import logging as hf_logging
 
@@ -168,7 +168,7 @@ def _quiet():
 
 def _from_pretrained(loader, ref: ModelRef, **kwargs):
     try:
-        with _quiet():
+        with quiet_hf():
             return loader.from_pretrained(ref.path, revision=ref.revision, **kwargs)
     except OSError as err:
         if ref.source == "hub":

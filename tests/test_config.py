@@ -56,6 +56,28 @@ def test_cache_entry_atomic(tmp_path):
             (e3.tmp / "half.txt").write_text("half")
             raise RuntimeError("killed")
     assert not entry_path("kind", "name", {"model": "m", "n": 2}, root=tmp_path).exists()
-    assert [p.name for p in (tmp_path / "kind").iterdir()] == [e.path.name]
+    visible = [p.name for p in (tmp_path / "kind").iterdir() if not p.name.startswith(".")]
+    assert visible == [e.path.name]
     # a different key is a different entry
     assert entry_path("kind", "name", {"model": "m", "n": 3}, root=tmp_path) != e.path
+
+
+def test_concurrent_builders_build_once(tmp_path):
+    import threading
+    import time
+
+    built = []
+
+    def worker():
+        with cache_entry("kind", "same", {"k": 1}, root=tmp_path) as e:
+            if not e.exists:
+                time.sleep(0.2)
+                built.append(1)
+                (e.tmp / "x").write_text("1")
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == [1]
