@@ -177,6 +177,9 @@ class SAEConfig:
 #: - ``topk-32``: TopK with k = 32: FVE ~0.82 at 32 active latents.
 #: - ``paper``: Nadipalli (2025) section 3.2.3 as written and as its code ran it: ReLU + L1 1e-3,
 #:   Adam lr 2e-5 for 10 epochs, batch 16, raw inputs, free decoder norms, zero encoder bias.
+#:
+#: Every setting starts the decoder bias at the data mean and the encoder at the transpose of
+#: random unit decoder rows.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "l1-sparse": dict(l1_coefficient=1e-2),
@@ -674,7 +677,7 @@ def _train_on_source(
     generator = torch.Generator().manual_seed(config.seed)
     sae = SparseAutoencoder(config)
     sae.reset_parameters(generator)
-    sample = source.head(config.stats_tokens, generator).double()
+    sample = source.head(config.stats_tokens, generator).double().cpu()
     mean, msd = _input_stats_of(sample)
     scale = math.sqrt(config.d_in / msd) if config.scale_inputs else 1.0
     with torch.no_grad():
