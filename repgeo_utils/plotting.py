@@ -78,13 +78,17 @@ def plot_layer_similarity(
         raise ValueError(f"No rows for measure {measure!r}; measures: {known}")
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     last = int(rows["layer"].max())
-    for i, (name, group) in enumerate(rows.groupby(hue, sort=False)):
+    marked = False
+    for name, group in rows.groupby(hue, sort=False):
         group = group.sort_values("layer")
         (line,) = ax.plot(group["layer"], group["value"], marker="o", ms=4, label=str(name))
         if paper and name in paper:
             ax.scatter([last], [paper[name]], marker="D", s=40, facecolor="white",
-                       edgecolor=line.get_color(), linewidth=1.5, zorder=3,
-                       label="paper 1, bert-base layer 12" if i == 0 else None)  # fmt: skip
+                       edgecolor=line.get_color(), linewidth=1.5, zorder=3)  # fmt: skip
+            marked = True
+    if marked:  # one legend entry for all the paper's marks, after the lines
+        ax.scatter([], [], marker="D", s=40, facecolor="white", edgecolor="0.3",
+                   label="paper 1, bert-base, layer 12")  # fmt: skip
     low = min(0.0, float(rows["value"].min()) - 0.05)
     ax.set_ylim(low, 1.03)
     ax.set_xticks(range(last + 1))
