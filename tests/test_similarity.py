@@ -272,7 +272,13 @@ def test_model_size_comparison_path_with_different_depths(tiny_bert_factory, tmp
     assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 3
     fig = plot_layer_similarity(sizes.rename(columns={"model": "task"}), "mean_token_cosine",
                                 paper={"L3": 0.28})  # fmt: skip
-    assert len(fig.axes[0].lines) == 3 and len(fig.axes[0].collections) == 1
+    legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert len(fig.axes[0].lines) == 3 and legend == [
+        "L1",
+        "L2",
+        "L3",
+        "paper 1, bert-base, layer 12",
+    ]
     with pytest.raises(ValueError, match="No rows"):
         plot_layer_similarity(sizes, "cosine")
     plt.close("all")
