@@ -57,6 +57,88 @@ def save_figure(fig, name: str, profile: str = "quick") -> Path:
 
 # --- fine-tuning (notebook 01) -------------------------------------------------------------
 
+
+def plot_pre_post_accuracy(table, *, paper=None, metric: str = "accuracy"):
+    """Grouped bars: pre-trained vs fine-tuned ``metric`` per task (paper 1, Table 2 as a figure).
+
+    ``table`` has columns ``task``, ``pre_<metric>``, ``post_<metric>``; ``paper`` optionally
+    maps a task to the paper's (pre, post) numbers for the task it stands for, drawn as
+    hollow markers.
+    """
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(1.9 * len(table) + 1.5, 3.4))
+    x = np.arange(len(table))
+    w = 0.36
+    pre = ax.bar(x - w / 2, table[f"pre_{metric}"], w, color=PRE_COLOR, label="pre-trained")
+    post = ax.bar(x + w / 2, table[f"post_{metric}"], w, color=POST_COLOR, label="fine-tuned")
+    ax.bar_label(pre, fmt="%.2f", fontsize=8, padding=-11, color="white")
+    ax.bar_label(post, fmt="%.2f", fontsize=8, padding=-11, color="white")
+    if paper:
+        for i, task in enumerate(table["task"]):
+            if task in paper:
+                p_pre, p_post = paper[task]
+                ax.scatter([i - w / 2, i + w / 2], [p_pre, p_post], marker="D", s=22,
+                           facecolor="white", edgecolor="black", zorder=3,
+                           label="paper 1 (bert-base)" if i == 0 else None)
+    ax.set_xticks(x, table["task"])
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel(f"test {metric.replace('_', '-')}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
+    return fig
+
+
+def plot_classification_reports(reports: dict, *, title: str = "fine-tuned"):
+    """Per-class precision, recall and F1 as heatmaps, one panel per task (paper 1, Fig 6)."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(reports), figsize=(3.6 * len(reports), 2.9), squeeze=False)
+    for ax, (task, rep) in zip(axes[0], reports.items(), strict=True):
+        data = rep.per_class[["precision", "recall", "f1"]]
+        sns.heatmap(data, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Reds", cbar=False, ax=ax,
+                    annot_kws={"fontsize": 8})
+        ax.set_title(f"{task} ({title})\naccuracy {rep.accuracy:.2f}, macro-F1 {rep.macro_f1:.2f}",
+                     fontsize=9)
+        ax.set_ylabel("")
+        ax.tick_params(axis="y", labelrotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrices(reports: dict, *, normalize: bool = True):
+    """Confusion matrices (rows = true class), one panel per task; row-normalised by default."""
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(reports), figsize=(3.6 * len(reports), 3.2), squeeze=False)
+    for ax, (task, rep) in zip(axes[0], reports.items(), strict=True):
+        m = rep.confusion.astype(float)
+        if normalize:
+            m = m / m.sum(axis=1, keepdims=True).clip(min=1)
+        sns.heatmap(m, annot=True, fmt=".2f" if normalize else "d", vmin=0,
+                    vmax=1 if normalize else None, cmap="Blues", cbar=False, ax=ax,
+                    xticklabels=rep.label_names, yticklabels=rep.label_names,
+                    annot_kws={"fontsize": 8})
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.tick_params(axis="x", labelrotation=45)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(histories: dict):
+    """Training loss and validation accuracy per epoch, one line per task."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3))
+    for task, h in histories.items():
+        a.plot(h["epoch"], h["train_loss"], marker="o", label=task)
+        b.plot(h["epoch"], h["val_accuracy"], marker="o", label=task)
+    a.set(xlabel="epoch", ylabel="training loss (cross-entropy)")
+    b.set(xlabel="epoch", ylabel="validation accuracy")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 # --- layer similarity (notebook 02) --------------------------------------------------------
 
 
@@ -275,6 +357,188 @@ def plot_token_strips(rows, *, vmax: float | None = None, title: str | None = No
 
 
 # --- spectral geometry, pretraining phases, toy model (notebooks 05-07) --------------------
+
+#: Axis labels of the checkpoint-sweep metrics (``pretrain.sweep_checkpoints(...).metrics``).
+TRAJECTORY_LABELS = {
+    "rankme": "RankMe (covariance eigenvalues)",
+    "rankme_singular": "RankMe (singular values)",
+    "alpha": "alpha-ReQ",
+    "loss": "validation loss (nats/token)",
+}
+#: Shading of the phases found by ``spectral.segment_phases``.
+PHASE_COLORS = {
+    "warmup": "#bdbdbd",
+    "entropy-seeking": "#9ecae1",
+    "compression-seeking": "#fdae6b",
+}
+
+#: Axis labels of the per-layer spectral metrics (``spectral.layer_spectra`` columns).
+SPECTRAL_METRIC_LABELS = {
+    "rankme_covariance": "RankMe (covariance eigenvalues)",
+    "rankme_singular": "RankMe (singular values)",
+    "alpha": "alpha-ReQ",
+}
+#: Line colours of the two models compared per layer.
+MODEL_COLORS = {"pre-trained": PRE_COLOR, "fine-tuned": POST_COLOR}
+
+
+def plot_eigenspectra(spectra: dict, fits: dict | None = None, *, colors=None, title=None, ax=None):
+    """Eigenvalues as fractions of the total variance against their rank, log-log.
+
+    ``spectra`` maps a label to a descending spectrum; ``fits`` (optional) maps the same
+    labels to ``spectral.AlphaReqFit``s, each drawn as a black dashed line over its fit range
+    only, with alpha in the legend; the first fit's range is shaded. Zeros and the round-off
+    of zeros (below 1e-13 of the largest) cannot go on a log axis and are left out, so a
+    rank-k spectrum simply ends at rank k. ``colors`` optionally maps labels to colours.
+    Returns the figure.
+    """
+    import numpy as np
+
+    if not spectra:
+        raise ValueError("spectra is empty: pass {label: eigenvalues}")
+    fits, colors = fits or {}, colors or {}
+    fig, ax = plt.subplots(figsize=(5.6, 3.8)) if ax is None else (ax.figure, ax)
+    shaded = fit_drawn = False
+    for label, eigenvalues in spectra.items():
+        lam = np.asarray(eigenvalues, dtype=float)
+        fraction = lam / lam.sum()
+        ranks = np.arange(1, lam.size + 1)
+        keep = fraction > 1e-13 * fraction.max()
+        fit = fits.get(label)
+        name = str(label) if fit is None else f"{label}: alpha = {fit.alpha:.2f}"
+        ax.plot(ranks[keep], fraction[keep], lw=1.6, color=colors.get(label), label=name)
+        if fit is None:
+            continue
+        first, last = fit.fit_range
+        if not shaded:
+            ax.axvspan(first, last, color="#e6e6e6", lw=0, zorder=0,
+                       label=f"alpha fit range (ranks {first}-{last})")  # fmt: skip
+            shaded = True
+        r = np.geomspace(first, last, 50)
+        ax.plot(r, fit.fraction_of_variance(r), color="black", ls="--", lw=1.3,
+                label=None if fit_drawn else "power-law fit")  # fmt: skip
+        fit_drawn = True
+    ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="lambda_r / sum of eigenvalues")
+    ax.legend(fontsize=8, frameon=True, loc="lower left")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_layer_spectra(
+    table,
+    metrics=("rankme_covariance", "rankme_singular", "alpha"),
+    *,
+    panel: str = "task",
+    fit_range: tuple[int, int] = (12, 100),
+    title: str | None = None,
+):
+    """Spectral metrics per layer, pre-trained vs fine-tuned: a row of panels per metric and a
+    column per ``panel`` value (a task).
+
+    ``table``: rows of ``spectral.layer_spectra`` with a ``model`` column (``"pre-trained"``,
+    ``"fine-tuned"``: grey and red) and a ``panel`` column; each ``representation`` in it gets
+    its own line style. ``fit_range`` labels the alpha axis. Returns the figure.
+    """
+    missing = [c for c in ("layer", "model", "representation", panel, *metrics)
+               if c not in table.columns]  # fmt: skip
+    if missing:
+        raise ValueError(f"table lacks columns {missing}; it has {list(table.columns)}")
+    panels = list(dict.fromkeys(table[panel]))
+    representations = list(dict.fromkeys(table["representation"]))
+    dashes = dict(zip(representations, ["-", "--", ":", "-."], strict=False))
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(3.4 * len(panels), 2.5 * len(metrics)),
+                             sharex=True, sharey="row", squeeze=False)  # fmt: skip
+    for col, name in enumerate(panels):
+        rows = table[table[panel] == name]
+        for (model, representation), group in rows.groupby(["model", "representation"], sort=False):
+            group = group.sort_values("layer")
+            for ax, metric in zip(axes[:, col], metrics, strict=True):
+                ax.plot(group["layer"], group[metric], marker="o", ms=3, lw=1.5,
+                        ls=dashes.get(representation, "-"), color=MODEL_COLORS.get(model),
+                        label=f"{model}, {representation}")  # fmt: skip
+        axes[0, col].set_title(str(name))
+        axes[-1, col].set_xlabel("layer (0 = embeddings)")
+        axes[-1, col].set_xticks(sorted(set(table["layer"])))
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+        label = SPECTRAL_METRIC_LABELS.get(metric, metric)
+        if metric == "alpha":
+            label += f"\n(ranks {fit_range[0]}-{fit_range[1]})"
+        ax.set_ylabel(label, fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False,
+               bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+    fig.suptitle(title or "spectral geometry per layer, pre-trained vs fine-tuned", y=1.04)
+    fig.tight_layout()
+    return fig
+
+
+def _step_axis(ax) -> None:
+    """Log-like step axis that still shows step 0 (symlog, linear below 1)."""
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("training step")
+
+
+def plot_checkpoint_trajectory(
+    table,
+    metrics=("rankme", "alpha", "loss"),
+    *,
+    layer: int | None = None,
+    phases=None,
+    title: str | None = None,
+):
+    """One panel per metric against training step (symlog axis), for one layer.
+
+    ``table`` is a checkpoint sweep's metrics (columns ``step``, ``layer`` and the metrics);
+    ``layer`` defaults to the highest in the table (the final layer). ``phases`` (a
+    ``spectral.PhaseSegmentation`` of the first metric's trajectory) shades each stretch in
+    every panel. Returns the figure.
+    """
+    missing = [m for m in ("step", "layer", *metrics) if m not in table.columns]
+    if missing:
+        raise ValueError(f"table lacks columns {missing}; it has {list(table.columns)}")
+    layer = int(table["layer"].max()) if layer is None else layer
+    rows = table[table["layer"] == layer].sort_values("step")
+    if rows.empty:
+        raise ValueError(f"no rows for layer {layer}; layers: {sorted(table['layer'].unique())}")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        if phases is not None:
+            for phase in phases.phases:
+                ax.axvspan(phase.start_step, phase.end_step, alpha=0.35, lw=0,
+                           color=PHASE_COLORS.get(phase.name, "#eeeeee"), label=phase.name)
+        ax.plot(rows["step"], rows[metric], marker="o", ms=3, color="#333333")
+        ax.set_ylabel(TRAJECTORY_LABELS.get(metric, metric))
+        _step_axis(ax)
+    if phases is not None and phases.phases:
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        axes[0][0].legend(unique.values(), unique.keys(), loc="best")
+    fig.suptitle(title or f"last-token representations, hidden_states[{layer}]")
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_trajectories(table, metric: str = "rankme", *, title: str | None = None):
+    """``metric`` against training step, one line per layer (paper 2's Fig 3 layout)."""
+    import numpy as np
+
+    if metric not in table.columns:
+        raise ValueError(f"table has no column {metric!r}; it has {list(table.columns)}")
+    layers = sorted(table["layer"].unique())
+    colors = plt.cm.viridis(np.linspace(0.0, 0.9, len(layers)))
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for color, layer in zip(colors, layers, strict=True):
+        rows = table[table["layer"] == layer].sort_values("step")
+        label = "embeddings" if layer == 0 else f"layer {layer}"
+        ax.plot(rows["step"], rows[metric], marker="o", ms=2.5, color=color, label=label)
+    ax.set_ylabel(TRAJECTORY_LABELS.get(metric, metric))
+    _step_axis(ax)
+    ax.legend(loc="best", ncol=2 if len(layers) > 5 else 1)
+    ax.set_title(title or f"{TRAJECTORY_LABELS.get(metric, metric)} per layer")
+    fig.tight_layout()
+    return fig
 
 
 def plot_toy_rankme(runs, verdicts=None, *, variants=("covariance", "singular"), title=None):
