@@ -498,20 +498,35 @@ def _token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> np.ndarr
     return lengths
 
 
+#: Batches of texts longer than this are cut so that their attention scores (texts x length^2
+#: per head) stay within what a full batch of texts this long needs: with the token budget this
+#: bounds a batch's memory whatever the lengths, so peak memory does not depend on the texts.
+ATTENTION_REFERENCE_LENGTH = 64
+
+
 def length_buckets(
     lengths: Int[np.ndarray, " texts"],  # noqa: F722
     batch_tokens: int,
     max_batch_size: int,
 ) -> list[np.ndarray]:
-    """Cut texts, longest first, into batches whose padded size (rows x longest) stays within
-    ``batch_tokens`` (a single longer text gets a batch of its own)."""
+    """Cut texts, longest first, into batches of similar length.
+
+    A batch of ``n`` texts padded to length ``L`` keeps ``n * L <= batch_tokens`` and
+    ``n * L**2 <= batch_tokens * ATTENTION_REFERENCE_LENGTH`` (the attention scores), and at
+    most ``max_batch_size`` texts; a text too long for either gets a batch of its own.
+    """
     if batch_tokens < 1 or max_batch_size < 1:
         raise ValueError("batch_tokens and max_batch_size must be positive.")
     order = np.argsort(-lengths, kind="stable")
     batches, start = [], 0
     while start < len(order):
-        longest = int(lengths[order[start]])
-        size = max(1, min(max_batch_size, batch_tokens // max(longest, 1)))
+        longest = max(int(lengths[order[start]]), 1)
+        size = min(
+            max_batch_size,
+            batch_tokens // longest,
+            batch_tokens * ATTENTION_REFERENCE_LENGTH // longest**2,
+        )
+        size = max(1, size)
         batches.append(order[start : start + size])
         start += size
     return batches

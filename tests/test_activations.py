@@ -227,6 +227,11 @@ def test_length_buckets_cover_every_text_once_within_the_budget():
     for batch in batches:
         assert len(batch) <= 3
         assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 64
+    # long texts: the attention term (texts x length^2) binds before the token budget
+    long = np.full(40, 256)
+    batches = length_buckets(long, batch_tokens=8192, max_batch_size=256)
+    assert {len(b) for b in batches} == {8192 * act.ATTENTION_REFERENCE_LENGTH // 256**2}
+    assert [len(b) for b in length_buckets(np.full(40, 32), 8192, 256)] == [40]
 
 
 # --- the cache --------------------------------------------------------------------------------
