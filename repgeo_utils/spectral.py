@@ -17,7 +17,8 @@ Everything is computed in float64. ``eigenspectrum`` takes the ``features x feat
 covariance or the ``samples x samples`` Gram matrix, whichever is smaller (their nonzero
 eigenvalues are the same); ``CovarianceAccumulator`` gives the same eigenvalues for data
 streamed in batches. ``segment_phases`` labels the warmup, entropy-seeking and
-compression-seeking stretches of a trajectory (paper 2, section 3.1).
+compression-seeking stretches of a trajectory (paper 2, section 3.1). ``layer_spectra``
+tabulates both metrics for every layer of an ``activations.ActivationSet``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import scipy.linalg
 from jaxtyping import Float
 
@@ -664,3 +666,224 @@ def segment_phases(
         ", ".join(f"{p.name} {p.start_step:g}-{p.end_step:g}" for p in phases) or "no phases",
     )
     return PhaseSegmentation(phases=tuple(phases), absent=absent, smoothed=smoothed)
+
+
+# --- known spectra, one-spectrum summaries, per layer of an activation set -----------------
+
+
+def features_with_spectrum(
+    eigenvalues: Float[np.ndarray, " eigenvalues"],
+    n_samples: int,
+    seed: int = 0,
+) -> Float[np.ndarray, "samples eigenvalues"]:
+    """A ``n_samples x len(eigenvalues)`` matrix whose centred covariance has exactly
+    ``eigenvalues`` (up to round-off): a test case with a known answer.
+
+    Built as ``U diag(sqrt((n - 1) lambda)) V^T`` with ``U`` orthonormal columns orthogonal to
+    the all-ones vector (so the columns are centred) and ``V`` a random rotation, both drawn
+    from a NumPy generator seeded with ``seed``. Needs ``n_samples > len(eigenvalues)``.
+    """
+    lam = _as_eigenvalues(eigenvalues)
+    d = lam.size
+    if n_samples <= d:
+        raise ValueError(
+            f"n_samples ({n_samples}) must exceed the number of eigenvalues ({d}): centred "
+            f"data of n samples have at most n - 1 nonzero eigenvalues."
+        )
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((n_samples, d))
+    u, _ = np.linalg.qr(g - g.mean(axis=0))  # orthonormal, and orthogonal to the ones vector
+    v, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return (u * np.sqrt((n_samples - 1) * lam)) @ v.T
+
+
+def spectral_summary(
+    eigenvalues: Float[np.ndarray, " eigenvalues"],
+    fit_range: tuple[int, int] = (12, 100),
+    label: str | None = None,
+) -> dict[str, float]:
+    """RankMe (both variants) and alpha-ReQ of one spectrum, never raising on a short one.
+
+    Returns ``n_eigenvalues``, ``rankme_covariance``, ``rankme_singular``, ``alpha`` and
+    ``alpha_r2``. When the fit range cannot be fitted (the spectrum has fewer than
+    ``fit_range[1]`` eigenvalues, or zeros inside the range, as a rank-k spectrum with
+    ``k < fit_range[1]`` has) ``alpha`` and ``alpha_r2`` are NaN and a warning says why.
+    Eigenvalues below ``len(eigenvalues) * machine epsilon * the largest`` (the usual
+    numerical-rank tolerance) count as zeros: they are the round-off of a rank-deficient
+    covariance, around 1e-16 of the largest, and a power law fitted to them means nothing. A
+    spectrum of zeros (samples without any variance) gives NaN for all four numbers.
+    ``label`` names the spectrum in those warnings.
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    nan = float("nan")
+    out = {"n_eigenvalues": int(lam.size), "rankme_covariance": nan, "rankme_singular": nan,
+           "alpha": nan, "alpha_r2": nan}  # fmt: skip
+    prefix = f"{label}: " if label else ""
+    if lam.size and not lam.any():
+        log.warning("%sthe samples have no variance: no RankMe, no alpha-ReQ", prefix)
+        return out
+    out["rankme_covariance"] = rankme(lam, "covariance")
+    out["rankme_singular"] = rankme(lam, "singular")
+    tolerance = lam.size * np.finfo(np.float64).eps * lam.max()
+    try:
+        fit = alpha_req(np.where(lam > tolerance, lam, 0.0), fit_range=fit_range)
+    except ValueError as err:
+        log.warning("%sno alpha-ReQ: %s", prefix, err)
+    else:
+        out["alpha"], out["alpha_r2"] = fit.alpha, fit.r2
+    return out
+
+
+#: Which rows of an ``activations.ActivationSet`` ``layer_spectra`` measures, and what they are.
+REPRESENTATIONS: dict[str, str] = {
+    "mean": "mean-pooled per text (all real tokens, [CLS]/[SEP] included)",
+    "cls": "first token per text ([CLS] of a BERT)",
+    "last": "last real token per text ([SEP] of a BERT; paper 2's choice for causal LMs)",
+    "tokens": "every real token",
+}
+
+#: Columns of the table ``layer_spectra`` returns, in order.
+LAYER_SPECTRA_COLUMNS = (
+    "layer",
+    "representation",
+    "n_samples",
+    "n_eigenvalues",
+    "rankme_covariance",
+    "rankme_singular",
+    "alpha",
+    "alpha_r2",
+)
+
+
+def _token_eigenvalues(tokens, keep: np.ndarray | None, block_rows: int = 1 << 16) -> np.ndarray:
+    """Covariance eigenvalues of the rows of a (sharded, memory-mapped) token matrix.
+
+    Streams shard by shard and block by block through ``CovarianceAccumulator`` so memory does
+    not grow with the number of tokens; ``keep`` (a boolean mask over all rows) drops rows.
+    """
+    parts = list(tokens.parts()) if hasattr(tokens, "parts") else [np.asarray(tokens)]
+    acc = CovarianceAccumulator()
+    start = 0
+    for part in parts:
+        for lo in range(0, len(part), block_rows):
+            hi = min(lo + block_rows, len(part))
+            block = np.asarray(part[lo:hi])
+            if keep is not None:
+                block = block[keep[start + lo : start + hi]]
+            if len(block):
+                acc.update(block)
+        start += len(part)
+    if acc.n_samples < 2:
+        raise ValueError(f"Only {acc.n_samples} token rows to measure; need at least 2.")
+    return acc.eigenvalues()
+
+
+def layer_spectra(
+    activation_set,
+    layers: Sequence[int] | None = None,
+    pooling: Literal["mean", "cls", "last", "tokens"] = "mean",
+    *,
+    fit_range: tuple[int, int] = (12, 100),
+    exclude_special: bool = False,
+) -> pd.DataFrame:
+    """RankMe (both variants) and alpha-ReQ of every layer of an activation set, as a table.
+
+    Args:
+        activation_set: an ``activations.ActivationSet`` (anything with ``layers``,
+            ``n_hidden_states``, ``pooled(layer, how)`` and, for ``"tokens"``,
+            ``tokens(layer)`` and ``special_mask``).
+        layers: ``hidden_states`` indices (0 = embeddings, negative from the end); default
+            every layer the set holds.
+        pooling: which rows are the samples (see :data:`REPRESENTATIONS`): one row per text
+            (``"mean"``, ``"cls"``, ``"last"``) or every real token (``"tokens"``, streamed,
+            so memory does not grow with the number of tokens).
+        fit_range: 1-based ranks of the alpha-ReQ fit (paper 2: 12..100).
+        exclude_special: with ``"tokens"``, leave out [CLS]/[SEP] rows.
+
+    Returns:
+        One row per layer with the columns of :data:`LAYER_SPECTRA_COLUMNS`: the layer
+        (stored ``hidden_states`` index), the representation, the number of samples and of
+        eigenvalues (``min(samples, features)`` of the centred covariance),
+        ``rankme_covariance``, ``rankme_singular``, ``alpha`` and the fit's weighted
+        ``alpha_r2``; ``attrs["fit_range"]`` holds the fit range.
+
+    As in :func:`spectral_summary`, a layer whose spectrum is too short for ``fit_range``
+    (fewer samples or features than ``fit_range[1]``) gets NaN for ``alpha`` and a warning,
+    and samples without any variance (the [CLS] row of the embedding layer is one vector
+    for every text) get NaN throughout. Paper 2's code kept at most 2,048 eigenvalues for
+    alpha, which only matters for models wider than that.
+    """
+    if pooling not in REPRESENTATIONS:
+        raise ValueError(f"Unknown pooling {pooling!r}; use one of {list(REPRESENTATIONS)}.")
+    if exclude_special and pooling != "tokens":
+        raise ValueError("exclude_special applies to pooling='tokens' only.")
+    if layers is None:
+        layers = activation_set.layers
+    keep = ~np.asarray(activation_set.special_mask, dtype=bool) if exclude_special else None
+    records = []
+    for layer in layers:
+        stored = int(layer) % activation_set.n_hidden_states
+        if pooling == "tokens":
+            tokens = activation_set.tokens(stored)
+            lam = _token_eigenvalues(tokens, keep)
+            n_samples = int(keep.sum()) if keep is not None else len(tokens)
+        else:
+            features = activation_set.pooled(stored, pooling)
+            lam = eigenspectrum(features)
+            n_samples = int(features.shape[0])
+        label = f"layer {stored} ({pooling}, {n_samples} samples)"
+        summary = spectral_summary(lam, fit_range=fit_range, label=label)
+        records.append(
+            {"layer": stored, "representation": pooling, "n_samples": n_samples, **summary}
+        )
+    table = pd.DataFrame.from_records(records, columns=list(LAYER_SPECTRA_COLUMNS))
+    table.attrs["fit_range"] = tuple(fit_range)
+    return table
+
+
+def paired_subsamples(
+    features_a: Float[np.ndarray, "samples features"],
+    features_b: Float[np.ndarray, "samples features_b"],
+    statistic: Callable[[np.ndarray], float | Sequence[float]],
+    n_resamples: int = 100,
+    fraction: float = 0.5,
+    seed: int = 0,
+) -> np.ndarray:
+    """``statistic`` of two paired feature sets' spectra on the same random subsets of rows.
+
+    The rows of ``features_a`` and ``features_b`` must be paired (e.g. the same texts through a
+    pre-trained and a fine-tuned model). Each resample draws ``round(fraction * n)`` rows
+    *without* replacement from a NumPy generator seeded with ``seed`` and evaluates
+    ``statistic(eigenspectrum(rows))`` on both sets, so a difference between the two is
+    measured on the same samples. Returns an array of shape ``(n_resamples, 2, ...)``:
+    ``[:, 0]`` for ``a``, ``[:, 1]`` for ``b``, then the statistic's own shape.
+
+    Why not the bootstrap: a bootstrap resample repeats rows (about 63% are distinct), which
+    removes directions, and with fewer samples than features that bias swamps the sampling
+    spread of a spectral statistic (``bootstrap_ci``'s interval can then exclude the
+    estimate). Half-samples (``fraction=0.5``) repeat nothing, and the spread of a smooth
+    statistic over them approximates its sampling spread at the full size (the subsampling
+    variance of a size-m estimate carries the factor (n - m) / n). Their *level* is that of
+    a statistic at half the sample size: read the spread of ``b - a``, not its values.
+    """
+    a = _as_float_matrix(features_a, "features_a")
+    b = _as_float_matrix(features_b, "features_b")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"features_a and features_b must hold the same (paired) samples: "
+            f"{a.shape[0]} vs {b.shape[0]} rows."
+        )
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    n = a.shape[0]
+    m = int(round(fraction * n))
+    if m < 2:
+        raise ValueError(f"A subsample of {m} rows is too small; use a larger fraction.")
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        rows = np.sort(rng.choice(n, size=m, replace=False))
+        values.append([statistic(eigenspectrum(a[rows])), statistic(eigenspectrum(b[rows]))])
+    return np.asarray(values, dtype=np.float64)

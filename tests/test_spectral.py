@@ -8,16 +8,22 @@ import numpy as np
 import pytest
 import torch
 
+from repgeo_utils.activations import ShardedArray
 from repgeo_utils.spectral import (
+    LAYER_SPECTRA_COLUMNS,
     PHASES,
     CovarianceAccumulator,
     alpha_req,
     alpha_req_ci,
     bootstrap_ci,
     eigenspectrum,
+    features_with_spectrum,
+    layer_spectra,
+    paired_subsamples,
     rankme,
     rankme_ci,
     segment_phases,
+    spectral_summary,
 )
 
 
@@ -318,3 +324,194 @@ def test_segment_phases_for_a_metric_that_falls_on_expansion():
 def test_segment_phases_rejects_bad_input(steps, values, message):
     with pytest.raises(ValueError, match=message):
         segment_phases(steps, values)
+
+
+# --- known spectra, summaries and per-layer tables ------------------------------------------
+
+
+def test_features_with_spectrum_has_exactly_that_spectrum():
+    lam = np.arange(1, 41, dtype=float) ** -1.3
+    x = features_with_spectrum(lam, n_samples=200, seed=3)
+    assert x.shape == (200, 40)
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(eigenspectrum(x), lam, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="must exceed"):
+        features_with_spectrum(lam, n_samples=40)
+
+
+def test_spectral_summary_of_an_exact_power_law():
+    lam = np.arange(1, 151, dtype=float) ** -1.4
+    summary = spectral_summary(eigenspectrum(features_with_spectrum(lam, n_samples=400)))
+    assert summary["n_eigenvalues"] == 150
+    assert summary["alpha"] == pytest.approx(1.4, abs=1e-9)
+    assert summary["alpha_r2"] == pytest.approx(1.0, abs=1e-9)
+    for variant in ("covariance", "singular"):
+        expected = rankme_by_hand(lam, variant)
+        assert summary[f"rankme_{variant}"] == pytest.approx(expected, rel=1e-8)
+
+
+def test_spectral_summary_of_a_low_rank_matrix_has_no_alpha(caplog):
+    # rank 10 in 256 dimensions: eigenvalues 11.. are round-off (~1e-16 of the largest),
+    # so the fit range 12..100 holds only zeros and must not be fitted
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(2000, 10)) @ rng.normal(size=(10, 256))
+    with caplog.at_level("WARNING", logger="repgeo_utils.spectral"):
+        summary = spectral_summary(eigenspectrum(x), label="rank-10 case")
+    assert math.isnan(summary["alpha"]) and math.isnan(summary["alpha_r2"])
+    assert summary["rankme_covariance"] <= 10 + 1e-3
+    assert summary["rankme_singular"] <= 10 + 1e-3
+    assert "rank-10 case: no alpha-ReQ" in caplog.text and "only 10 of the 256" in caplog.text
+
+
+def test_spectral_summary_without_variance_is_all_nan():
+    summary = spectral_summary(np.zeros(120))
+    assert summary["n_eigenvalues"] == 120
+    assert all(math.isnan(summary[k]) for k in LAYER_SPECTRA_COLUMNS[4:])
+
+
+class KnownLayers:
+    """A stand-in for an ActivationSet: layer l's per-text rows have spectrum r^-alpha_l;
+    its token rows are those rows plus one [CLS]-like row per text, all far along one axis."""
+
+    def __init__(self, alphas, n_texts=300, d=120):
+        self.alphas = alphas
+        self.layers = tuple(range(len(alphas)))
+        self.n_hidden_states = len(alphas)
+        ranks = np.arange(1, d + 1, dtype=float)
+        self.rows = [
+            features_with_spectrum(ranks**-a, n_texts, seed=i) for i, a in enumerate(alphas)
+        ]
+        self.special_mask = np.r_[np.ones(n_texts, dtype=bool), np.zeros(n_texts, dtype=bool)]
+        special = np.zeros((n_texts, d))
+        special[:, 0] = 50.0 + np.arange(n_texts)  # huge variance along one axis
+        self.special = special
+
+    def pooled(self, layer, how):
+        assert how == "mean"
+        return self.rows[layer]
+
+    def tokens(self, layer):
+        return ShardedArray([self.special[:100], np.r_[self.special[100:], self.rows[layer]]])
+
+
+def test_layer_spectra_recovers_each_layers_exponent():
+    alphas = [0.6, 1.0, 1.8]
+    table = layer_spectra(KnownLayers(alphas))
+    assert list(table.columns) == list(LAYER_SPECTRA_COLUMNS)
+    assert table["layer"].tolist() == [0, 1, 2]
+    assert (table["representation"] == "mean").all()
+    assert (table["n_samples"] == 300).all() and (table["n_eigenvalues"] == 120).all()
+    np.testing.assert_allclose(table["alpha"], alphas, atol=1e-9)
+    ranks = np.arange(1, 121, dtype=float)
+    for row, a in zip(table.itertuples(), alphas, strict=True):
+        assert row.rankme_covariance == pytest.approx(rankme_by_hand(ranks**-a, "covariance"))
+        assert row.rankme_singular == pytest.approx(rankme_by_hand(ranks**-a, "singular"))
+    assert table.attrs["fit_range"] == (12, 100)
+    # negative indices count from the end; the last layer is the steepest, so the lowest RankMe
+    last = layer_spectra(KnownLayers(alphas), layers=[-1])
+    assert last["layer"].tolist() == [2]
+    assert last["rankme_covariance"].iloc[0] == table["rankme_covariance"].min()
+
+
+def test_layer_spectra_tokens_streamed_and_without_special_rows():
+    known = KnownLayers([1.2])
+    kept = layer_spectra(known, pooling="tokens", exclude_special=True)
+    assert kept["n_samples"].tolist() == [300]
+    assert kept["alpha"].iloc[0] == pytest.approx(1.2, abs=1e-9)
+    everything = layer_spectra(known, pooling="tokens")
+    assert everything["n_samples"].tolist() == [600]
+    # the special rows' one huge direction dominates: RankMe collapses towards 1
+    assert everything["rankme_covariance"].iloc[0] < 1.5 < kept["rankme_covariance"].iloc[0]
+    with pytest.raises(ValueError, match="tokens"):
+        layer_spectra(known, pooling="mean", exclude_special=True)
+    with pytest.raises(ValueError, match="Unknown pooling"):
+        layer_spectra(known, pooling="max")
+
+
+def test_layer_spectra_short_spectrum_has_rankme_but_no_alpha(caplog):
+    with caplog.at_level("WARNING", logger="repgeo_utils.spectral"):
+        table = layer_spectra(KnownLayers([1.0], n_texts=80, d=60))
+    assert table["n_eigenvalues"].tolist() == [60]
+    assert table["alpha"].isna().all() and table["rankme_covariance"].notna().all()
+    assert "layer 0 (mean, 80 samples): no alpha-ReQ" in caplog.text
+    narrow = layer_spectra(KnownLayers([1.0], n_texts=80, d=60), fit_range=(5, 50))
+    assert narrow["alpha"].iloc[0] == pytest.approx(1.0, abs=1e-9)
+    assert narrow.attrs["fit_range"] == (5, 50)
+
+
+def test_layer_spectra_on_a_tiny_bert(tiny_bert):
+    from repgeo_utils.activations import extract_activations
+
+    texts = ["the movie was very good", "i hate this app", "the team lost the game",
+             "love it", "awful acting , terrible film", "news on sport and tech",
+             "this update is not easy to use", "the cast were brilliant"]  # fmt: skip
+    acts = extract_activations(tiny_bert, texts, max_length=32, progress=False)
+    mean = layer_spectra(acts, fit_range=(2, 6))
+    assert mean["layer"].tolist() == list(acts.layers)
+    assert (mean["n_eigenvalues"] == 8).all()  # 8 texts, 16 features
+    assert mean["alpha"].notna().all() and (mean["rankme_covariance"] <= 7 + 1e-3).all()
+    cls = layer_spectra(acts, pooling="cls", fit_range=(2, 6))
+    assert cls.loc[0, ["rankme_covariance", "alpha"]].isna().all()  # one [CLS] vector at layer 0
+    tokens = layer_spectra(acts, pooling="tokens", exclude_special=True)
+    assert (tokens["n_samples"] == acts.n_tokens - 2 * len(texts)).all()
+    assert tokens["alpha"].isna().all()  # 16 features: too few eigenvalues for ranks 12..100
+
+
+def test_spectral_plots_draw():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from repgeo_utils.plotting import plot_eigenspectra, plot_layer_spectra
+
+    ranks = np.arange(1, 201, dtype=float)
+    spectra = {"a": ranks**-1.0, "b": np.r_[ranks[:10] ** -2.0, np.zeros(190)]}
+    fig = plot_eigenspectra(spectra, {"a": alpha_req(spectra["a"])})
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "a: alpha = 1.00" in labels and "alpha fit range (ranks 12-100)" in labels
+    plt.close(fig)
+    table = pd.concat(
+        [layer_spectra(KnownLayers([0.8, 1.5], n_texts=150, d=110)).assign(task=t, model=m)
+         for t in ("task 1", "task 2") for m in ("pre-trained", "fine-tuned")]
+    )  # fmt: skip
+    fig = plot_layer_spectra(table)
+    assert len(fig.axes) == 6 and len(fig.axes[0].lines) == 2
+    plt.close(fig)
+    with pytest.raises(ValueError, match="lacks columns"):
+        plot_layer_spectra(table.drop(columns="model"))
+
+
+def test_paired_subsamples_draw_without_replacement_and_pair_the_rows():
+    rng = np.random.default_rng(10)
+    a = rng.normal(size=(60, 100))  # fewer samples than features: every row adds a direction
+    b = a @ np.linalg.qr(rng.normal(size=(100, 100)))[0]  # a rotation: the same spectrum
+
+    def nonzero(lam):
+        return float((lam > 1e-10 * lam.max()).sum())
+
+    values = paired_subsamples(a, b, nonzero, n_resamples=20, fraction=0.5, seed=1)
+    assert values.shape == (20, 2)
+    # 30 distinct centred rows span exactly 29 directions; a repeated row would give fewer
+    assert (values == 29).all()
+    both = paired_subsamples(a, b, lambda lam: [rankme(lam), lam.sum()], n_resamples=5, seed=2)
+    assert both.shape == (5, 2, 2)
+    np.testing.assert_allclose(both[:, 0], both[:, 1], rtol=1e-9)  # paired rows, same spectrum
+    again = paired_subsamples(a, b, lambda lam: [rankme(lam), lam.sum()], n_resamples=5, seed=2)
+    np.testing.assert_array_equal(both, again)
+
+
+def test_paired_subsamples_see_a_known_difference():
+    ranks = np.arange(1, 151, dtype=float)
+    a = features_with_spectrum(ranks**-0.8, 400, seed=0)
+    b = features_with_spectrum(ranks**-1.6, 400, seed=0)  # same U: rows paired
+    values = paired_subsamples(a, b, lambda lam: alpha_req(lam).alpha, n_resamples=30, seed=3)
+    assert (values[:, 1] > values[:, 0]).all()
+
+
+def test_paired_subsamples_reject_unpaired_or_bad_settings():
+    x = np.random.default_rng(0).normal(size=(20, 5))
+    with pytest.raises(ValueError, match="paired"):
+        paired_subsamples(x, x[:10], rankme)
+    with pytest.raises(ValueError, match="fraction"):
+        paired_subsamples(x, x, rankme, fraction=1.5)
+    with pytest.raises(ValueError, match="too small"):
+        paired_subsamples(x, x, rankme, fraction=0.05)
