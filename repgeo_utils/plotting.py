@@ -397,7 +397,7 @@ def plot_eigenspectra(spectra: dict, fits: dict | None = None, *, colors=None, t
     if not spectra:
         raise ValueError("spectra is empty: pass {label: eigenvalues}")
     fits, colors = fits or {}, colors or {}
-    fig, ax = plt.subplots(figsize=(5.6, 3.8)) if ax is None else (ax.figure, ax)
+    fig, ax = plt.subplots(figsize=(5.0, 3.6)) if ax is None else (ax.figure, ax)
     shaded = fit_drawn = False
     for label, eigenvalues in spectra.items():
         lam = np.asarray(eigenvalues, dtype=float)
@@ -419,7 +419,10 @@ def plot_eigenspectra(spectra: dict, fits: dict | None = None, *, colors=None, t
                 label=None if fit_drawn else "power-law fit")  # fmt: skip
         fit_drawn = True
     ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="lambda_r / sum of eigenvalues")
-    ax.legend(fontsize=8, frameon=True, loc="lower left")
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith(("alpha fit", "power-law")))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, frameon=True,
+              loc="upper left", bbox_to_anchor=(1.02, 1.0))  # fmt: skip
     if title:
         ax.set_title(title)
     return fig
