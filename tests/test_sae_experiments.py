@@ -1,0 +1,196 @@
+"""The task x depth x model SAE grid of notebooks 03-04, on tiny BERTs and hand-made numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from repgeo_utils import sae_experiments as se
+from repgeo_utils.sae import LatentStatistics, SAEConfig, SparseAutoencoder, TrainHistory
+
+
+def test_depth_layers_known_answers():
+    assert se.depth_layers(12) == {"early": 3, "middle": 6, "late": 12}  # the paper's 3, 6, 12
+    assert se.depth_layers(6) == {"early": 2, "middle": 3, "late": 6}  # MiniLM-L6
+    assert se.depth_layers(8) == {"early": 2, "middle": 4, "late": 8}
+    assert se.depth_layers(2) == {"early": 1, "middle": 1, "late": 2}
+    for bad in (0, -3, 2.0, True):
+        with pytest.raises(ValueError, match="positive int"):
+            se.depth_layers(bad)
+
+
+def test_class_preference_hand_computed():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    # class 1 texts average 3, the rest average (1 + 1 + 0 + 2) / 4 = 1
+    assert se.class_preference([1, 1, 3, 3, 0, 2], labels, ["a", "b", "c"]) == ("b", 3.0)
+    assert se.class_preference([0, 0, 5, 5, 0, 0], labels, ["a", "b", "c"]) == ("b", np.inf)
+    name, ratio = se.class_preference(np.zeros(6), labels, ["a", "b", "c"])
+    assert name == "-" and np.isnan(ratio)
+    with pytest.raises(ValueError, match="5 values but 6 labels"):
+        se.class_preference(np.ones(5), labels, ["a", "b", "c"])
+
+
+def test_summarize_tokens_counts_and_keeps_first_seen_order():
+    tokens = ["great", "[CLS]", "good", "great", "good", "fun", "great"]
+    assert se.summarize_tokens(tokens) == "great ×3, good ×2, [CLS], fun"
+    assert se.summarize_tokens(tokens, n=1) == "great ×3"
+    assert se.summarize_tokens([]) == ""
+
+
+def test_top_features_from_statistics_ties_by_index():
+    variance = torch.tensor([0.5, 2.0, 0.5, 3.0], dtype=torch.float64)
+    stats = LatentStatistics(4, torch.ones(4), torch.zeros(4), variance)
+    assert se.top_features(stats, 3) == [3, 1, 0]
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        se.top_features(stats, 5)
+
+
+def test_fvu_curve_and_mean_squared_deviation_hand_computed():
+    x = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    assert se.mean_squared_deviation(x) == pytest.approx(2.5)  # (1 + 1 + 4 + 4) / 4
+    raw = TrainHistory(step_mse=[0.25, 0.125], input_scale=1.0)
+    np.testing.assert_allclose(se.fvu_curve(raw, msd=2.5, d_in=2), [0.2, 0.1])
+    # scaled training: inputs times s, MSE times s^2, so the same FVU
+    scaled = TrainHistory(step_mse=[0.25 * 4, 0.125 * 4], input_scale=2.0)
+    np.testing.assert_allclose(se.fvu_curve(scaled, msd=2.5, d_in=2), [0.2, 0.1])
+
+
+class _Run:
+    def __init__(self, sae, layer=1):
+        self.sae, self.layer = sae, layer
+
+
+def test_match_grid_recovers_a_planted_permutation_and_respects_dead_latents():
+    a = SparseAutoencoder(SAEConfig(d_in=16, d_sae=6))
+    a.reset_parameters(torch.Generator().manual_seed(0))
+    perm = torch.tensor([4, 2, 0, 5, 1, 3])
+    b = SparseAutoencoder(SAEConfig(d_in=16, d_sae=6))
+    with torch.no_grad():
+        b.W_dec.copy_(a.W_dec[perm] * 3.0)  # scale does not matter, direction does
+    key_a, key_b = ("t", "late", "pre-trained"), ("t", "late", "fine-tuned")
+    table = se.match_grid({key_a: _Run(a)}, {key_b: _Run(b)}, [(key_a, key_b)])
+    assert table["twin"].tolist() == perm.tolist()
+    np.testing.assert_allclose(table["cosine"], 1.0)
+    summary = se.matching_summary(table)
+    assert summary.loc[0, ["features", "share_with_twin"]].tolist() == [6, 1.0]
+    # latents that never fire take no part
+    fires = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.float64)
+    stats = LatentStatistics(10, fires, torch.zeros(6), torch.zeros(6))
+    table = se.match_grid(
+        {key_a: _Run(a)}, {key_b: _Run(b)}, [(key_a, key_b)], stats_a={key_a: stats}
+    )
+    # a's feature 2 is dead, so b's copy of it (b's feature 1) is left without a twin
+    assert table["twin"].tolist() == [4, -1, 0, 5, 1, 3]
+    assert table.loc[1, "cosine"] == -1 and (table["cosine"].drop(1) > 0.999).all()
+
+
+def test_matching_summary_threshold():
+    table = pd.DataFrame(
+        {
+            "task": ["x"] * 4,
+            "depth": ["late"] * 4,
+            "layer": [6] * 4,
+            "cosine": [0.9, 0.71, 0.69, 0.1],
+            "nearest_cosine": [0.9, 0.8, 0.7, 0.3],
+        }
+    )
+    row = se.matching_summary(table, threshold=0.7).iloc[0]
+    assert row["share_with_twin"] == 0.5 and row["median_nearest"] == pytest.approx(0.75)
+
+
+@pytest.fixture
+def tiny_grid_data(tiny_bert_factory):
+    """A GridData built by hand from two tiny BERTs (stand-ins for pre-trained / fine-tuned)."""
+    from conftest import TINY_WORDS
+
+    from repgeo_utils.activations import extract_activations
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(TINY_WORDS, size=rng.integers(3, 10))) for _ in range(60)]
+    labels = np.arange(60) % 2
+    task = se.TaskTexts("toy", texts, labels, ("neg", "pos"), ("test",))
+    models = {("toy", se.PRE): tiny_bert_factory(2, 16), ("toy", se.POST): tiny_bert_factory(2, 16)}
+    acts = {
+        k: extract_activations(m, texts, max_length=32, progress=False) for k, m in models.items()
+    }
+    return se.GridData({"toy": task}, models, acts, se.depth_layers(2), {"toy": 32})
+
+
+def test_train_sae_grid_metrics_statistics_and_cache(tiny_grid_data):
+    config = SAEConfig(d_in=16, d_sae=24, epochs=2, batch_size=32)
+    grid = se.train_sae_grid(tiny_grid_data, config)
+    assert len(grid.runs) == 6  # 1 task x 3 depths x 2 models
+    assert grid[("toy", "late", se.POST)].layer == 2
+    table = grid.metrics_table()
+    assert list(table.columns[:4]) == ["task", "depth", "layer", "model"]
+    assert table["layer"].tolist() == [1, 1, 1, 1, 2, 2]
+    assert ((table["FVU"] > 0) & (table["FVU"] < 1.5)).all()
+    again = se.train_sae_grid(tiny_grid_data, config)  # cache hits: same entries
+    assert [r.path for r in again.runs.values()] == [r.path for r in grid.runs.values()]
+
+    stats = se.grid_statistics(grid)
+    acts = tiny_grid_data.activations[("toy", se.PRE)]
+    assert stats[("toy", "early", se.PRE)].n_tokens == acts.n_tokens
+    no_special = se.grid_statistics(grid, exclude_special=True)
+    assert no_special[("toy", "early", se.PRE)].n_tokens == acts.n_tokens - acts.special_mask.sum()
+
+    pairs = se.key_pairs(grid)
+    assert pairs[0] == (("toy", "early", se.PRE), ("toy", "early", se.POST))
+    assert se.key_pairs(grid, se.PRE, se.PRE)[2] == (("toy", "late", se.PRE),) * 2
+    matched = se.match_grid(grid.runs, grid.runs, pairs, stats_a=stats, stats_b=stats)
+    assert set(matched["depth"]) == {"early", "middle", "late"}
+    assert matched["cosine"].between(-1, 1.000001).all()
+
+
+def test_describe_features_and_sentence_activations(tiny_grid_data):
+    config = SAEConfig(d_in=16, d_sae=24, epochs=2, batch_size=32)
+    grid = se.train_sae_grid(tiny_grid_data, config, depths=("late",), models=(se.POST,))
+    run = grid[("toy", "late", se.POST)]
+    acts = tiny_grid_data.activations[("toy", se.POST)]
+    task = tiny_grid_data.texts["toy"]
+    stats = se.grid_statistics(grid)[("toy", "late", se.POST)]
+    features = se.top_features(stats, 2)
+    table = se.describe_features(run.sae, acts, 2, features, task.labels, task.label_names)
+    assert table["feature"].tolist() == features
+    # the variance column is the latent statistics' variance (same tokens, same definition)
+    np.testing.assert_allclose(table["variance"], stats.variance[features].numpy(), rtol=1e-5)
+    assert table["prefers class"].isin(["neg", "pos", "-"]).all()
+    assert (table["on [CLS]/[SEP]"].between(0, 1) | table["on [CLS]/[SEP]"].isna()).all()
+
+    from repgeo_utils.activations import extract_activations
+
+    sentences = ["the movie was great", "the plot was terrible"]
+    model = tiny_grid_data.models[("toy", se.POST)]
+    sent = extract_activations(model, sentences, max_length=32, progress=False)
+    strips = se.sentence_activations(sent, 2, run.sae, features, sentences)
+    assert strips[0].tokens == ["[CLS]", "the", "movie", "was", "great", "[SEP]"]
+    assert strips[1].values.shape == (2, 6)
+    expected = run.sae.encode(torch.from_numpy(np.asarray(sent.tokens(2))[sent.text_rows(1)]))
+    np.testing.assert_allclose(strips[1].values, expected[:, features].T.numpy(), rtol=1e-5)
+
+
+def test_compare_settings_and_sequence_means(tiny_grid_data):
+    acts = tiny_grid_data.activations[("toy", se.PRE)]
+    fast = SAEConfig(d_in=16, d_sae=24, epochs=2, batch_size=32)
+    small_batch = SAEConfig(d_in=16, d_sae=24, epochs=2, batch_size=8, scale_inputs=False)
+    result = se.compare_settings(acts, 2, {"fast": fast, "small batch": small_batch})
+    assert result.table["setting"].tolist() == ["fast", "small batch"]
+    steps = result.table.set_index("setting")["steps"]
+    assert steps["small batch"] > 3 * steps["fast"]
+    for epochs, fvu in result.curves.values():
+        assert epochs[-1] == pytest.approx(2.0, rel=0.05) and np.isfinite(fvu).all()
+
+    table, runs = se.sequence_mean_comparison(acts, 2, fast)
+    assert table["trained on"].tolist() == [
+        "tokens",
+        "sequence means, same epochs",
+        "sequence means, same steps",
+    ]
+    rows = table.set_index("trained on")
+    assert rows.loc["sequence means, same epochs", "training examples"] == 54  # 60 texts - 10%
+    assert rows.loc["sequence means, same epochs", "epochs"] == 2
+    same_steps = rows.loc["sequence means, same steps", "steps"]
+    assert abs(same_steps - rows.loc["tokens", "steps"]) <= 2
+    assert runs["sequence means, same steps"].sae.config.train_on == "sequence_means"
