@@ -44,7 +44,8 @@ unit: ## unit tests only
 	$(BIN)/python -m pytest tests -q
 
 nbtest: ## re-execute the committed notebooks and compare their checked outputs (nbval)
-	$(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks -q
+	@figs=$$(mktemp -d); echo "nbval: figures go to $$figs, not figures/"; \
+	REPGEO_FIGURES_DIR=$$figs $(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks -q
 
 bench: ## throughput and memory benchmarks, JSON in benchmarks/results/
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
