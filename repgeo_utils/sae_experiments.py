@@ -6,8 +6,9 @@ Paper 1 (Nadipalli 2025, sections 3.2.3-3.2.4) trains one SAE per dataset, per l
 features. This module builds that grid on top of :mod:`repgeo_utils.sae` and
 :mod:`repgeo_utils.activations`, and adds the measurements the notebooks report:
 
-- :class:`GridData`: each task's held-out texts (shuffled, with labels), the pre-trained model
-  and the task's fine-tuned checkpoint, and their cached activations;
+- :class:`GridData`: each task's texts (held-out splits first, about the same number of tokens
+  per task, shuffled, with labels), the pre-trained model and the task's fine-tuned checkpoint,
+  and their cached activations;
 - :func:`depth_layers`: early / middle / late = ``hidden_states`` layers ceil(L/4), ceil(L/2), L;
 - :func:`train_sae_grid` -> :class:`SAEGrid`: one cached SAE per (task, depth, model), with a
   metrics table;
@@ -92,19 +93,24 @@ class TaskTexts:
     splits: tuple[str, ...]
 
 
-def held_out_texts(
+def task_texts(
     task: str,
     profile: Any = "quick",
     *,
     splits: Sequence[str] = ("validation", "test"),
+    max_tokens: int | None = None,
+    tokenizer: Any = None,
+    max_length: int | None = None,
     seed: int = 0,
-    max_texts: int | None = None,
 ) -> TaskTexts:
-    """The texts of ``splits`` of a task (held out from fine-tuning by default), shuffled.
+    """The texts of a task that its SAEs see, with their labels, in a seeded random order.
 
-    Splits come class-sorted; the shuffle (seeded by ``seed``) matters because an SAE estimates
-    its input scale from the first rows of a stream. ``max_texts`` keeps the first ones after
-    the shuffle.
+    Without ``max_tokens``: every text of ``splits``. With it, texts are taken split by split in
+    the order given (each split in a seeded random order) until their token count (by
+    ``tokenizer``, truncated at ``max_length``, special tokens included) reaches ``max_tokens``,
+    so every task gets about the same number of tokens: a task of short texts (headlines) takes
+    more of them, reaching into later splits. The chosen texts are then shuffled together: splits
+    come sorted by class, and an SAE estimates its input scale from the first rows of a stream.
     """
     from .data import load_profile_task
 
@@ -112,14 +118,31 @@ def held_out_texts(
     unknown = [s for s in splits if s not in dataset]
     if unknown or not splits:
         raise ValueError(f"Unknown splits {unknown or splits}; the task has {list(dataset)}.")
+    if max_tokens is not None and tokenizer is None:
+        raise ValueError("max_tokens needs the tokenizer that counts the tokens.")
+    rng = np.random.default_rng(seed)
     texts: list[str] = []
     labels: list[int] = []
+    budget = max_tokens
     for split in splits:
-        texts += list(dataset[split]["text"])
-        labels += list(dataset[split]["label"])
-    order = np.random.default_rng(seed).permutation(len(texts))
-    if max_texts is not None:
-        order = order[:max_texts]
+        order = rng.permutation(len(dataset[split]))
+        split_texts = [dataset[split][int(i)]["text"] for i in order]
+        split_labels = [int(dataset[split][int(i)]["label"]) for i in order]
+        if budget is not None:
+            lengths = [
+                len(ids)
+                for ids in tokenizer(split_texts, truncation=max_length is not None,
+                                     max_length=max_length)["input_ids"]
+            ]  # fmt: skip
+            keep = int(np.searchsorted(np.cumsum(lengths), budget, side="left")) + 1
+            keep = min(keep, len(split_texts))
+            budget -= int(np.sum(lengths[:keep]))
+            split_texts, split_labels = split_texts[:keep], split_labels[:keep]
+        texts += split_texts
+        labels += split_labels
+        if budget is not None and budget <= 0:
+            break
+    order = rng.permutation(len(texts))
     return TaskTexts(
         task=task,
         texts=[texts[i] for i in order],
@@ -153,22 +176,27 @@ class GridData:
         *,
         seed: int = 0,
         splits: Sequence[str] = ("validation", "test"),
-        max_texts: int | None = None,
+        max_tokens: int | None = None,
         progress: bool = False,
     ) -> GridData:
-        """Fine-tune (or reuse) each task's checkpoint, pick its held-out texts and extract (or
-        reuse) the activations of the pre-trained and the fine-tuned model on them. Texts are
-        truncated at the length the task was fine-tuned with."""
+        """Fine-tune (or reuse) each task's checkpoint, pick its texts (:func:`task_texts`) and
+        extract (or reuse) the activations of the pre-trained and the fine-tuned model on them.
+        Texts are truncated at the length the task was fine-tuned with."""
         from .config import get_profile
         from .finetune import finetune_profile
+        from .models import load_tokenizer
 
         prof = get_profile(profile)
         tasks = list(tasks or prof.tasks)
         results = finetune_profile(prof, tasks, seed=seed, progress=progress)
+        tokenizer = load_tokenizer(prof.model) if max_tokens is not None else None
         texts, models, acts, max_length = {}, {}, {}, {}
         for task in tasks:
-            texts[task] = held_out_texts(task, prof, splits=splits, seed=seed, max_texts=max_texts)
             max_length[task] = prof.finetune_settings(task).max_length
+            texts[task] = task_texts(
+                task, prof, splits=splits, max_tokens=max_tokens, tokenizer=tokenizer,
+                max_length=max_length[task], seed=seed,
+            )  # fmt: skip
             models[(task, PRE)] = prof.model
             models[(task, POST)] = results[task].checkpoint
             for model in MODELS:
@@ -254,6 +282,40 @@ def train_sae_grid(
                     progress=progress,
                 )
     return SAEGrid(data, config, runs, exclude_special)
+
+
+def sae_grid(
+    profile: Any = "quick",
+    tasks: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    splits: Sequence[str] = ("validation", "test"),
+    max_tokens: int | None = None,
+    preset: str = "l1-sparse",
+    d_sae: int = 1024,
+    epochs: int = 10,
+    sae_seed: int = 0,
+    progress: bool = False,
+) -> SAEGrid:
+    """:meth:`GridData.build` then :func:`train_sae_grid` with ``SAEConfig.preset(preset, ...)``:
+    the whole grid in one call. Two notebooks that call it with the same arguments get the same
+    cache entries (the second one trains nothing)."""
+    data = GridData.build(
+        profile, tasks, seed=seed, splits=splits, max_tokens=max_tokens, progress=progress
+    )
+    d_in = next(iter(data.activations.values())).d_model
+    config = SAEConfig.preset(preset, d_in=d_in, d_sae=d_sae, epochs=epochs, seed=sae_seed)
+    return train_sae_grid(data, config, progress=progress)
+
+
+def latent_max(
+    sae: SparseAutoencoder, x: Float[np.ndarray, "tokens d_in"]
+) -> Float[np.ndarray, " d_sae"]:
+    """Each latent's largest value over the rows of ``x`` (0 for latents that never fire)."""
+    peak = np.zeros(sae.d_sae)
+    for h in encode_batches(sae, x):
+        peak = np.maximum(peak, h.double().amax(0).cpu().numpy())
+    return peak
 
 
 def token_rows(

@@ -157,6 +157,9 @@ def test_describe_features_and_sentence_activations(tiny_grid_data):
     # the variance column is the latent statistics' variance (same tokens, same definition)
     np.testing.assert_allclose(table["variance"], stats.variance[features].numpy(), rtol=1e-5)
     assert table["prefers class"].isin(["neg", "pos", "-"]).all()
+    peak = se.latent_max(run.sae, np.asarray(acts.tokens(2)))
+    np.testing.assert_allclose(table["max"], peak[features], rtol=1e-6)
+    assert (peak[stats.firing_frequency.numpy() == 0] == 0).all()
     assert (table["on [CLS]/[SEP]"].between(0, 1) | table["on [CLS]/[SEP]"].isna()).all()
 
     from repgeo_utils.activations import extract_activations
@@ -194,3 +197,37 @@ def test_compare_settings_and_sequence_means(tiny_grid_data):
     same_steps = rows.loc["sequence means, same steps", "steps"]
     assert abs(same_steps - rows.loc["tokens", "steps"]) <= 2
     assert runs["sequence means, same steps"].sae.config.train_on == "sequence_means"
+
+
+def test_task_texts_fills_a_token_budget_split_by_split():
+    from repgeo_utils.data import load_profile_task
+    from repgeo_utils.models import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm-l6")
+    chosen = se.task_texts(
+        "bbc-news", splits=("validation", "test"), max_tokens=2500, tokenizer=tokenizer,
+        max_length=64,
+    )  # fmt: skip
+    dataset = load_profile_task("bbc-news", "quick")
+    validation = dataset["validation"].to_dict()
+    test = dataset["test"].to_dict()
+    lengths = [
+        len(ids) for ids in tokenizer(chosen.texts, truncation=True, max_length=64)["input_ids"]
+    ]
+    # every validation headline, then test headlines until the budget is just reached
+    assert set(validation["text"]) <= set(chosen.texts)
+    assert set(chosen.texts) <= set(validation["text"]) | set(test["text"])
+    assert 2500 <= sum(lengths) < 2500 + max(lengths)  # stops once the budget is reached
+    label_of = dict(
+        zip(validation["text"] + test["text"], validation["label"] + test["label"], strict=True)
+    )
+    assert [label_of[t] for t in chosen.texts] == chosen.labels.tolist()
+    assert chosen.label_names == ("business", "entertainment", "politics", "sport", "tech")
+    # shuffled: the classes are mixed, not in split order
+    assert chosen.labels[:20].tolist() != sorted(chosen.labels[:20].tolist())
+    everything = se.task_texts("bbc-news", splits=("validation", "test"))
+    assert len(everything.texts) == len(validation["text"]) + len(test["text"])
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        se.task_texts("bbc-news", max_tokens=100)
+    with pytest.raises(ValueError, match="Unknown splits"):
+        se.task_texts("bbc-news", splits=("dev",))
