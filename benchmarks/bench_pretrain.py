@@ -11,7 +11,7 @@ Two GEMM rates are measured: a square 1024 x 1024 x 1024 product (the machine's 
 and the model's own largest product (the unembedding: batch x context tokens times
 hidden -> vocabulary), which small hidden sizes run far below peak.
 
-    .venv/bin/python benchmarks/bench_pretrain.py [--threads N] [--steps 30]
+    .venv/bin/python benchmarks/bench_pretrain.py [--threads 1 2] [--steps 30]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -36,7 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "pretrain.json"
 #: The settings benchmarked: the quick and longer settings recommended in
 #: benchmarks/pretraining_phase_search.md, and the 1.8M-parameter model measured while planning.
 SETTINGS: dict[str, P.PretrainConfig] = {
-    "quick": P.PretrainConfig(),
+    **P.PRETRAIN_SETTINGS,
     "planning-1.8M": P.PretrainConfig(
         num_layers=4,
         hidden_size=128,
@@ -95,42 +96,49 @@ def measure(config: P.PretrainConfig, steps: int, warmup: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=sorted({1, torch.get_num_threads()}),
+        help="thread counts to measure (default: 1 and torch's default)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=30, help="timed steps per setting")
+    parser.add_argument("--min-tokens", type=int, default=100_000, help="timed tokens at least")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-
-    peak = gemm_flops(1024, 1024, 1024)
-    log.info("square GEMM: %.1f GFLOP/s on %d threads", peak / 1e9, args.threads)
-    rows = {}
-    for name, config in SETTINGS.items():
-        row = measure(config, args.steps, args.warmup)
-        shaped = gemm_flops(*row["unembedding_gemm"])
-        row["gemm_flops_square"] = peak
-        row["gemm_flops_model_shape"] = shaped
-        row["bound_tokens_per_second_square"] = peak / row["flops_per_token"]
-        row["bound_tokens_per_second_model_shape"] = shaped / row["flops_per_token"]
-        row["fraction_of_square_bound"] = (
-            row["tokens_per_second"] / row["bound_tokens_per_second_square"]
-        )
-        row["fraction_of_model_shape_bound"] = (
-            row["tokens_per_second"] / row["bound_tokens_per_second_model_shape"]
-        )
-        row["config"] = asdict(config)
-        rows[name] = row
-        log.info(
-            "%s: %.0f tokens/s; GEMM bound %.0f (square) / %.0f (model-shaped) tokens/s; "
-            "%.0f%% / %.0f%% of it",
-            name, row["tokens_per_second"], row["bound_tokens_per_second_square"],
-            row["bound_tokens_per_second_model_shape"],
-            100 * row["fraction_of_square_bound"], 100 * row["fraction_of_model_shape_bound"],
-        )  # fmt: skip
+    rows: dict[str, dict] = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        peak = gemm_flops(1024, 1024, 1024)
+        log.info("square GEMM: %.1f GFLOP/s on %d threads", peak / 1e9, threads)
+        for name, config in SETTINGS.items():
+            steps = max(args.steps, math.ceil(args.min_tokens / config.tokens_per_step))
+            row = measure(config, steps, args.warmup)
+            shaped = gemm_flops(*row["unembedding_gemm"])
+            row["threads"] = threads
+            row["gemm_flops_square"] = peak
+            row["gemm_flops_model_shape"] = shaped
+            row["bound_tokens_per_second_square"] = peak / row["flops_per_token"]
+            row["bound_tokens_per_second_model_shape"] = shaped / row["flops_per_token"]
+            row["fraction_of_square_bound"] = (
+                row["tokens_per_second"] / row["bound_tokens_per_second_square"]
+            )
+            row["fraction_of_model_shape_bound"] = (
+                row["tokens_per_second"] / row["bound_tokens_per_second_model_shape"]
+            )
+            row["config"] = asdict(config)
+            rows[f"{name}@{threads}t"] = row
+            log.info(
+                "%s, %d threads: %.0f tokens/s; GEMM bound %.0f (square) / %.0f (model-shaped) "
+                "tokens/s; %.0f%% / %.0f%% of it",
+                name, threads, row["tokens_per_second"], row["bound_tokens_per_second_square"],
+                row["bound_tokens_per_second_model_shape"],
+                100 * row["fraction_of_square_bound"], 100 * row["fraction_of_model_shape_bound"],
+            )  # fmt: skip
     payload = {
         "benchmark": "pretrain",
         "threads": args.threads,
+        "note": "load_average > cpu_count means other jobs shared the cores during the run",
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "torch": torch.__version__,

@@ -78,32 +78,36 @@ _STEP_RE = re.compile(r"^step(\d+)$")
 class PretrainConfig:
     """Everything that determines a pretraining run (the whole dataclass is its cache key).
 
-    The defaults are the ``quick`` setting recommended in
-    ``benchmarks/pretraining_phase_search.md``; Pythia's own values are noted per field.
+    The defaults are the ``quick`` setting of :data:`PRETRAIN_SETTINGS`, found in
+    ``benchmarks/pretraining_phase_search.md``: a 2-layer, hidden-32 model with a 1,024-token
+    vocabulary, batches of 8 x 64 tokens, 8,000 steps at a constant learning rate. It shows
+    all three of paper 2's phases in about two minutes of training on 2 CPU cores. Pythia's
+    own values are noted per field.
     """
 
     seed: int = 0
     # tokenizer and model (Pythia-70m: vocab 50,304, 6 layers, hidden 512, 8 heads, context 2048)
-    vocab_size: int = 4096
-    num_layers: int = 4
-    hidden_size: int = 128
-    num_heads: int = 4
+    vocab_size: int = 1024
+    num_layers: int = 2
+    hidden_size: int = 32
+    num_heads: int = 2
     intermediate_size: int | None = None  # None: 4 x hidden_size, as in Pythia
-    context_length: int = 128
+    context_length: int = 64
     rotary_pct: float = 0.25  # Pythia: rotary embeddings on a quarter of each head
     init_std: float = 0.02
-    # optimisation (Pythia: AdamW, betas 0.9/0.95, weight decay 0.01, warmup 1%, cosine to 10%)
-    steps: int = 1500
-    batch_size: int = 16
-    learning_rate: float = 1e-3
+    # optimisation (Pythia: AdamW, betas 0.9/0.95, weight decay 0.01, warmup 1%, cosine to 10%;
+    # batch 1,024 x 2,048 tokens, 143,000 steps)
+    steps: int = 8000
+    batch_size: int = 8
+    learning_rate: float = 3e-3
     min_lr_ratio: float = 0.1  # the cosine decays to learning_rate * min_lr_ratio
-    warmup_fraction: float = 0.05
-    cosine_decay: bool = True  # False: constant learning rate after warmup
+    warmup_fraction: float = 0.005
+    cosine_decay: bool = False  # False: constant learning rate after warmup
     weight_decay: float = 0.0  # on weight matrices only, not on biases and LayerNorms
     adam_betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = 1.0
     # checkpoints: step 0, 1, 2, 4, ..., 512 (as far as `steps` goes), then every this many
-    checkpoint_every: int = 250
+    checkpoint_every: int = 500
     # corpus
     use_bbc: bool = True
     use_tweets: bool = True
@@ -217,6 +221,29 @@ class PretrainConfig:
         progress = min(1.0, (step - warm) / span)
         floor = self.learning_rate * self.min_lr_ratio
         return floor + (self.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+#: Recommended runs (``benchmarks/pretraining_phase_search.md``, runs e10 and e11). Both show
+#: the warmup collapse, the entropy-seeking expansion and the compression-seeking contraction
+#: of the final layer's last-token RankMe; both use batches of 8 x 64 tokens, because the
+#: phases run on a clock of optimizer steps rather than tokens.
+PRETRAIN_SETTINGS: dict[str, PretrainConfig] = {
+    # 91k parameters, 8,000 steps (4.1M tokens, 1.2 passes): 98 s of training on one thread
+    # (2 min with corpus and sweep). RankMe 19.6 at init, 5.1 at step 64, 18.8 at step 2,000,
+    # 16.4 at step 8,000.
+    "quick": PretrainConfig(),
+    # 231k parameters, 16,000 steps (8.2M tokens, 2.4 passes): about 4-5 minutes of training
+    # on one thread (33k tokens/s), 14 minutes when other jobs share the cores.
+    # RankMe 30.5 at init, 7.3 at step 64, 26.6 at step 3,000, 17.3 at step 16,000; the
+    # hidden size of 64 also leaves alpha-ReQ a fit range (ranks 12..63).
+    "longer": PretrainConfig(
+        hidden_size=64,
+        num_heads=4,
+        steps=16_000,
+        warmup_fraction=0.0025,
+        checkpoint_every=1000,
+    ),
+}
 
 
 def checkpoint_schedule(steps: int, every: int) -> list[int]:
@@ -768,6 +795,7 @@ def pretrain(
     *,
     root: Path | None = None,
     stop_at_step: int | None = None,
+    num_threads: int | None = None,
     progress: bool = True,
 ) -> PretrainResult:
     """Pretrain the model of ``config`` (or finish, or reuse, the run already in the cache).
@@ -782,10 +810,24 @@ def pretrain(
     Checkpoints go to ``<run folder>/revisions/step<N>/`` on :func:`checkpoint_schedule`; on
     completion the final weights are also written to the run folder itself (the hub's "main")
     with ``train_log.json``, then ``meta.json``, last, marks the run complete.
-    Threads: set ``torch.set_num_threads`` before calling; the run uses whatever is set.
+    ``num_threads`` sets torch's CPU threads for the run and restores them afterwards (None
+    leaves them as they are). Models this small train fastest on one thread: on the 2-core
+    machine of ``benchmarks/results/pretrain.json`` the quick setting ran at 43k tokens/s on
+    one thread and 27k on two. Another thread count changes the order of floating-point sums,
+    so weights then agree only to round-off (about 1e-4 after 200 steps); bit-for-bit resumes
+    need the same thread count.
     """
     import torch
 
+    if num_threads is not None:
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be at least 1 or None, got {num_threads}")
+        previous = torch.get_num_threads()
+        torch.set_num_threads(num_threads)
+        try:
+            return pretrain(config, root=root, stop_at_step=stop_at_step, progress=progress)
+        finally:
+            torch.set_num_threads(previous)
     folder = run_folder(config, root)
     if stop_at_step is not None and not 0 <= stop_at_step <= config.steps:
         raise ValueError(f"stop_at_step must be in [0, {config.steps}], got {stop_at_step}")

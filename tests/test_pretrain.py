@@ -72,7 +72,9 @@ def test_checkpoint_schedule_is_pythias():
 
 
 def test_learning_rate_warmup_then_cosine():
-    cfg = P.PretrainConfig(steps=100, warmup_fraction=0.1, learning_rate=1e-3, min_lr_ratio=0.1)
+    cfg = P.PretrainConfig(
+        steps=100, warmup_fraction=0.1, learning_rate=1e-3, min_lr_ratio=0.1, cosine_decay=True
+    )
     assert cfg.warmup_steps == 10
     assert cfg.lr_at(0) == pytest.approx(1e-4)
     assert cfg.lr_at(9) == pytest.approx(1e-3)
@@ -198,10 +200,16 @@ def test_sweep_gives_last_token_states_and_loss(data_dir):
     result = P.pretrain(TINY, progress=False)
     texts = P.probe_texts(result.holdout_texts, n=40, min_words=3, max_words=12, seed=0)
     sweep = P.sweep_checkpoints(
-        result.run_folder, ["step0", "step6"], texts, layers="all", spectral_metrics=False,
-        progress=False,
+        result.run_folder, ["step0", "step6"], texts, layers="all", progress=False
     )  # fmt: skip
     assert sweep.layers == [0, 1]
+    table = sweep.metrics
+    assert list(table["step"]) == [0, 0, 6, 6] and list(table["layer"]) == [0, 1, 0, 1]
+    assert ((table["rankme"] >= 1) & (table["rankme"] <= 16)).all()
+    assert (table["rankme_singular"] >= table["rankme"]).all()
+    # hidden 16: alpha is fitted over ranks 12..16, not 12..100; the final layer is a
+    # LayerNorm output, whose features sum to zero before the gain, so it has rank 15
+    assert list(table["alpha_fit_hi"]) == [16, 15, 16, 15]
     assert [r.step for r in sweep.revisions] == [0, 6]
     init = sweep.revisions[0]
     # a freshly initialised LM (logits near 0) predicts close to uniformly: loss ~ ln(vocab)
@@ -223,3 +231,30 @@ def test_sweep_gives_last_token_states_and_loss(data_dir):
     np.testing.assert_array_equal(cached.revisions[0].features[1], final)
     meta = json.loads((result.run_folder / "meta.json").read_text())
     assert meta["complete"] is True and meta["revisions"] == P.list_revisions(result.run_folder)
+
+
+def test_recommended_settings_and_trajectory_plots(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from repgeo_utils import plotting, spectral
+
+    assert P.PRETRAIN_SETTINGS["quick"] == P.PretrainConfig()
+    assert P.PRETRAIN_SETTINGS["longer"].hidden_size > P.PRETRAIN_SETTINGS["quick"].hidden_size
+    steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000]
+    rankme = [20, 20, 19, 18, 12, 6, 5, 8, 12, 16, 19, 20, 18, 16]
+    table = pd.DataFrame(
+        [{"step": s, "layer": layer, "rankme": r + layer, "alpha": 2.0, "loss": 7 - s / 1000}
+         for s, r in zip(steps, rankme, strict=True) for layer in (0, 2)]
+    )  # fmt: skip
+    phases = spectral.segment_phases(steps, rankme)
+    assert [p.name for p in phases.phases] == ["warmup", "entropy-seeking", "compression-seeking"]
+    fig = plotting.plot_checkpoint_trajectory(table, phases=phases)
+    assert len(fig.axes) == 3 and "hidden_states[2]" in fig._suptitle.get_text()
+    fig.savefig(tmp_path / "trajectory.png")
+    fig = plotting.plot_layer_trajectories(table)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["embeddings", "layer 2"]
+    with pytest.raises(ValueError, match="lacks columns"):
+        plotting.plot_checkpoint_trajectory(table, metrics=("rankme_singular",))
