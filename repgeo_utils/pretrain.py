@@ -992,7 +992,9 @@ class CheckpointSweep:
     model: str
     layers: list[int]  # hidden_states indices; the last is the final layer (after final LN)
     revisions: list[RevisionFeatures]
-    metrics: Any  # pandas.DataFrame: revision, step, layer, loss, rankme, ..., or None
+    # pandas.DataFrame (revision, step, layer, loss, rankme_covariance, rankme_singular, alpha,
+    # alpha_r2, alpha_fit_hi; the columns of spectral.layer_spectra where they overlap) or None
+    metrics: Any
 
     def features(self, layer: int | None = None) -> dict[str | None, np.ndarray]:
         """``revision -> features`` of one layer (default: the final layer)."""
@@ -1091,7 +1093,7 @@ def _spectral_metrics(features: np.ndarray) -> dict[str, float]:
 
     eig = spectral.eigenspectrum(features)
     row: dict[str, float] = {
-        "rankme": float(spectral.rankme(eig, variant="covariance")),
+        "rankme_covariance": float(spectral.rankme(eig, variant="covariance")),
         "rankme_singular": float(spectral.rankme(eig, variant="singular")),
     }
     hi = min(100, int(np.sum(eig > 1e-12 * eig.max())))

@@ -205,8 +205,8 @@ def test_sweep_gives_last_token_states_and_loss(data_dir):
     assert sweep.layers == [0, 1]
     table = sweep.metrics
     assert list(table["step"]) == [0, 0, 6, 6] and list(table["layer"]) == [0, 1, 0, 1]
-    assert ((table["rankme"] >= 1) & (table["rankme"] <= 16)).all()
-    assert (table["rankme_singular"] >= table["rankme"]).all()
+    assert ((table["rankme_covariance"] >= 1) & (table["rankme_covariance"] <= 16)).all()
+    assert (table["rankme_singular"] >= table["rankme_covariance"]).all()
     # hidden 16: alpha is fitted over ranks 12..16, not 12..100; the final layer is a
     # LayerNorm output, whose features sum to zero before the gain, so it has rank 15
     assert list(table["alpha_fit_hi"]) == [16, 15, 16, 15]
@@ -246,7 +246,7 @@ def test_recommended_settings_and_trajectory_plots(tmp_path):
     steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000]
     rankme = [20, 20, 19, 18, 12, 6, 5, 8, 12, 16, 19, 20, 18, 16]
     table = pd.DataFrame(
-        [{"step": s, "layer": layer, "rankme": r + layer, "alpha": 2.0, "loss": 7 - s / 1000}
+        [{"step": s, "layer": layer, "rankme_covariance": r + layer, "alpha": 2.0, "loss": 7 - s / 1000}
          for s, r in zip(steps, rankme, strict=True) for layer in (0, 2)]
     )  # fmt: skip
     phases = spectral.segment_phases(steps, rankme)
