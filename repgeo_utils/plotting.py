@@ -360,7 +360,7 @@ def plot_token_strips(rows, *, vmax: float | None = None, title: str | None = No
 
 #: Axis labels of the checkpoint-sweep metrics (``pretrain.sweep_checkpoints(...).metrics``).
 TRAJECTORY_LABELS = {
-    "rankme": "RankMe (covariance eigenvalues)",
+    "rankme_covariance": "RankMe (covariance eigenvalues)",
     "rankme_singular": "RankMe (singular values)",
     "alpha": "alpha-ReQ",
     "loss": "validation loss (nats/token)",
@@ -485,7 +485,7 @@ def _step_axis(ax) -> None:
 
 def plot_checkpoint_trajectory(
     table,
-    metrics=("rankme", "alpha", "loss"),
+    metrics=("rankme_covariance", "alpha", "loss"),
     *,
     layer: int | None = None,
     phases=None,
@@ -523,7 +523,7 @@ def plot_checkpoint_trajectory(
     return fig
 
 
-def plot_layer_trajectories(table, metric: str = "rankme", *, title: str | None = None):
+def plot_layer_trajectories(table, metric: str = "rankme_covariance", *, title: str | None = None):
     """``metric`` against training step, one line per layer (paper 2's Fig 3 layout)."""
     import numpy as np
 
