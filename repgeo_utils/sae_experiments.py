@@ -574,6 +574,8 @@ class SettingsComparison:
     table: pd.DataFrame
     #: label -> (epochs axis, per-step training FVU)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: label -> per-step mean active latents a token (same epochs axis)
+    l0: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def compare_settings(
@@ -587,13 +589,13 @@ def compare_settings(
 ) -> SettingsComparison:
     """Train (or reuse) one SAE per config on one layer; table of held-out metrics and the
     final training loss in the SAE's own units (raw for the paper's setting), plus training
-    curves as FVU against epochs."""
+    curves as FVU and L0 against epochs."""
     from .sae import split_texts
 
     held_out = np.repeat(split_texts(acts.n_texts, eval_fraction, split_seed), acts.lengths)
     train_x = np.asarray(acts.tokens(layer))[~held_out]
     msd = mean_squared_deviation(train_x)
-    runs, rows, curves = {}, [], {}
+    runs, rows, curves, l0 = {}, [], {}, {}
     for label, config in configs.items():
         run = train_sae_on_activations(
             acts, layer, config, eval_fraction=eval_fraction, split_seed=split_seed,
@@ -603,6 +605,7 @@ def compare_settings(
         h, m = run.history, run.metrics
         steps = np.arange(1, len(h.step_mse) + 1)
         curves[label] = (steps * config.batch_size / len(train_x), fvu_curve(h, msd, config.d_in))
+        l0[label] = np.asarray(h.step_l0, dtype=float)
         rows.append(
             {
                 "setting": label,
@@ -619,7 +622,7 @@ def compare_settings(
                 "train s": h.seconds,
             }
         )
-    return SettingsComparison(runs, pd.DataFrame(rows), curves)
+    return SettingsComparison(runs, pd.DataFrame(rows), curves, l0)
 
 
 def _metrics_on(sae: SparseAutoencoder, x: np.ndarray) -> SAEMetrics:
