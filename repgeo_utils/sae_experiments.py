@@ -476,8 +476,9 @@ def describe_features(
 ) -> pd.DataFrame:
     """One row per feature: its variance and firing frequency over all tokens, the share of its
     activation mass on special tokens ([CLS]/[SEP]), its ``n_top`` top-activating tokens
-    (summarised, plus the strongest one in context), and the class whose texts it fires on most
-    (per-text maximum; see :func:`class_preference`)."""
+    (summarised, plus the strongest one in context, and that token's text index and position),
+    and the class whose texts it fires on most (per-text maximum; see
+    :func:`class_preference`)."""
     x = np.asarray(acts.tokens(layer))
     values = feature_activations(sae, x, features)
     offsets, special = acts.offsets, acts.special_mask
@@ -495,6 +496,8 @@ def describe_features(
             {
                 "feature": int(feature),
                 "variance": float(v.var()),
+                "top text": top[0].sequence if top else -1,
+                "top position": top[0].position if top else -1,
                 "fires on": float((v > 0).mean()),
                 "on [CLS]/[SEP]": float(v[special].sum() / mass) if mass > 0 else float("nan"),
                 "top tokens": summarize_tokens([t.token for t in top]),
@@ -547,6 +550,26 @@ def sentence_activations(
             )
         )
     return out
+
+
+def context_strip(
+    acts: ActivationSet,
+    layer: int,
+    sae: SparseAutoencoder,
+    feature: int,
+    text: int,
+    position: int,
+    context: int = 8,
+) -> tuple[list[str], Float[np.ndarray, " window"]]:
+    """Tokens and one feature's values in a window of ``context`` tokens either side of
+    ``position`` in text ``text`` of an activation set (e.g. where the feature fires most)."""
+    rows = acts.text_rows(text)
+    lo = max(rows.start, rows.start + position - context)
+    hi = min(rows.stop, rows.start + position + context + 1)
+    x = np.asarray(acts.tokens(layer)[lo:hi])
+    values = feature_activations(sae, x, [feature])[:, 0]
+    tokens = acts.tokenizer().convert_ids_to_tokens(acts.token_ids[lo:hi].tolist())
+    return tokens, values
 
 
 # --- the paper's optimiser and sequence-mean training --------------------------------------

@@ -157,6 +157,16 @@ def test_describe_features_and_sentence_activations(tiny_grid_data):
     # the variance column is the latent statistics' variance (same tokens, same definition)
     np.testing.assert_allclose(table["variance"], stats.variance[features].numpy(), rtol=1e-5)
     assert table["prefers class"].isin(["neg", "pos", "-"]).all()
+    # the strongest token of the first feature, found again in a window around it
+    first = table.iloc[0]
+    tokens, values = se.context_strip(
+        acts, 2, run.sae, features[0], first["top text"], first["top position"], context=2
+    )
+    assert len(tokens) == len(values) <= 5 and values.max() == pytest.approx(first["max"])
+    text_tokens = acts.tokenizer().convert_ids_to_tokens(
+        acts.token_ids[acts.text_rows(first["top text"])].tolist()
+    )
+    assert tokens[min(2, first["top position"])] == text_tokens[first["top position"]]
     peak = se.latent_max(run.sae, np.asarray(acts.tokens(2)))
     np.testing.assert_allclose(table["max"], peak[features], rtol=1e-6)
     assert (peak[stats.firing_frequency.numpy() == 0] == 0).all()
