@@ -241,3 +241,36 @@ def test_task_texts_fills_a_token_budget_split_by_split():
         se.task_texts("bbc-news", max_tokens=100)
     with pytest.raises(ValueError, match="Unknown splits"):
         se.task_texts("bbc-news", splits=("dev",))
+
+
+def test_notebook_figures_draw_from_the_grid(tiny_grid_data):
+    import matplotlib.pyplot as plt
+
+    from repgeo_utils import plotting
+
+    config = SAEConfig(d_in=16, d_sae=24, epochs=2, batch_size=32)
+    grid = se.train_sae_grid(tiny_grid_data, config)
+    fig = plotting.plot_sae_training_grid({k: r.history for k, r in grid.runs.items()}, smooth=2)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 6  # 1 task: 3 depths x 2 models
+    stats = se.grid_statistics(grid)
+    fig = plotting.plot_latent_density_grid({k: s.firing_frequency for k, s in stats.items()})
+    assert len(fig.axes) == 3  # 1 task x 3 depths
+    assert "dead" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    table = se.match_grid(grid.runs, grid.runs, se.key_pairs(grid), stats_a=stats, stats_b=stats)
+    control = se.match_grid(grid.runs, grid.runs, se.key_pairs(grid, se.PRE, se.PRE))
+    fig = plotting.plot_feature_matching_with_control(table, control, threshold=0.7)
+    dashed = [line for line in fig.axes[0].lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1
+    np.testing.assert_allclose(dashed[0].get_ydata(), 1.0)  # an SAE matches itself exactly
+    acts = tiny_grid_data.activations[("toy", se.PRE)]
+    small = SAEConfig(d_in=16, d_sae=24, epochs=1, batch_size=16)
+    result = se.compare_settings(acts, 2, {"a": config, "b": small})
+    fig = plotting.plot_sae_settings(result.curves, result.l0)
+    assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2
+    rows = [("#1", ["[CLS]", "good", "[SEP]"], np.array([0.0, 0.5, 2.0]))]
+    fig = plotting.plot_token_strip_pairs(rows, rows * 2)
+    assert len(fig.axes) == 3  # two panels and the colour bar
+    assert sum(len(ax.patches) for ax in fig.axes[:2]) == 9
+    with pytest.raises(ValueError, match="Nothing to draw"):
+        plotting.plot_token_strip_pairs([], [])
+    plt.close("all")
