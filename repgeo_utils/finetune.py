@@ -27,7 +27,7 @@ import torch
 from .cache import cache_entry
 from .config import FinetuneSettings
 from .data import fingerprint
-from .models import quiet_hf, load_model, resolve_model
+from .models import load_model, quiet_hf, resolve_model
 
 log = logging.getLogger(__name__)
 

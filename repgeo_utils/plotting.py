@@ -78,9 +78,16 @@ def plot_pre_post_accuracy(table, *, paper=None, metric: str = "accuracy"):
         for i, task in enumerate(table["task"]):
             if task in paper:
                 p_pre, p_post = paper[task]
-                ax.scatter([i - w / 2, i + w / 2], [p_pre, p_post], marker="D", s=22,
-                           facecolor="white", edgecolor="black", zorder=3,
-                           label="paper 1 (bert-base)" if i == 0 else None)
+                ax.scatter(
+                    [i - w / 2, i + w / 2],
+                    [p_pre, p_post],
+                    marker="D",
+                    s=22,
+                    facecolor="white",
+                    edgecolor="black",
+                    zorder=3,
+                    label="paper 1 (bert-base)" if i == 0 else None,
+                )
     ax.set_xticks(x, table["task"])
     ax.set_ylim(0, 1.12)
     ax.set_ylabel(f"test {metric.replace('_', '-')}")
@@ -95,10 +102,21 @@ def plot_classification_reports(reports: dict, *, title: str = "fine-tuned"):
     fig, axes = plt.subplots(1, len(reports), figsize=(3.6 * len(reports), 2.9), squeeze=False)
     for ax, (task, rep) in zip(axes[0], reports.items(), strict=True):
         data = rep.per_class[["precision", "recall", "f1"]]
-        sns.heatmap(data, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Reds", cbar=False, ax=ax,
-                    annot_kws={"fontsize": 8})
-        ax.set_title(f"{task} ({title})\naccuracy {rep.accuracy:.2f}, macro-F1 {rep.macro_f1:.2f}",
-                     fontsize=9)
+        sns.heatmap(
+            data,
+            annot=True,
+            fmt=".2f",
+            vmin=0,
+            vmax=1,
+            cmap="Reds",
+            cbar=False,
+            ax=ax,
+            annot_kws={"fontsize": 8},
+        )
+        ax.set_title(
+            f"{task} ({title})\naccuracy {rep.accuracy:.2f}, macro-F1 {rep.macro_f1:.2f}",
+            fontsize=9,
+        )
         ax.set_ylabel("")
         ax.tick_params(axis="y", labelrotation=0)
     fig.tight_layout()
@@ -114,10 +132,19 @@ def plot_confusion_matrices(reports: dict, *, normalize: bool = True):
         m = rep.confusion.astype(float)
         if normalize:
             m = m / m.sum(axis=1, keepdims=True).clip(min=1)
-        sns.heatmap(m, annot=True, fmt=".2f" if normalize else "d", vmin=0,
-                    vmax=1 if normalize else None, cmap="Blues", cbar=False, ax=ax,
-                    xticklabels=rep.label_names, yticklabels=rep.label_names,
-                    annot_kws={"fontsize": 8})
+        sns.heatmap(
+            m,
+            annot=True,
+            fmt=".2f" if normalize else "d",
+            vmin=0,
+            vmax=1 if normalize else None,
+            cmap="Blues",
+            cbar=False,
+            ax=ax,
+            xticklabels=rep.label_names,
+            yticklabels=rep.label_names,
+            annot_kws={"fontsize": 8},
+        )
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
@@ -595,7 +622,9 @@ def plot_eigenspectra(spectra: dict, fits: dict | None = None, *, colors=None, t
         fit_drawn = True
     ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="lambda_r / sum of eigenvalues")
     handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith(("alpha fit", "power-law")))
+    order = sorted(
+        range(len(labels)), key=lambda i: labels[i].startswith(("alpha fit", "power-law"))
+    )
     ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, frameon=True,
               loc="upper left", bbox_to_anchor=(1.02, 1.0))  # fmt: skip
     if title:
@@ -684,8 +713,14 @@ def plot_checkpoint_trajectory(
     for ax, metric in zip(axes[0], metrics, strict=True):
         if phases is not None:
             for phase in phases.phases:
-                ax.axvspan(phase.start_step, phase.end_step, alpha=0.35, lw=0,
-                           color=PHASE_COLORS.get(phase.name, "#eeeeee"), label=phase.name)
+                ax.axvspan(
+                    phase.start_step,
+                    phase.end_step,
+                    alpha=0.35,
+                    lw=0,
+                    color=PHASE_COLORS.get(phase.name, "#eeeeee"),
+                    label=phase.name,
+                )
         ax.plot(rows["step"], rows[metric], marker="o", ms=3, color="#333333")
         ax.set_ylabel(TRAJECTORY_LABELS.get(metric, metric))
         _step_axis(ax)
@@ -791,4 +826,121 @@ def plot_toy_rankme(runs, verdicts=None, *, variants=("covariance", "singular"),
     ax.legend(loc="lower left", ncol=len(runs), fontsize=8.5)
     fig.suptitle(title or "Toy model: RankMe of the embeddings over training, per condition",
                  y=0.995)  # fmt: skip
+    return fig
+
+
+# --- post-training geometry and eigen-direction ablation (notebook 08) ---------------------
+
+#: One colour per post-training stage (shaded behind the trajectories).
+STAGE_COLORS = {"sft": "#1f77b4", "dpo": "#2ca02c", "rl": "#d62728"}
+
+
+def _shade_stages(ax, table) -> None:
+    """Shade each stage's span on an axis whose x is ``table['position']``."""
+    from .posttrain import STAGE_TITLES
+
+    for stage, part in table.groupby("stage", sort=False):
+        lo, hi = part["position"].min(), part["position"].max()
+        lo = lo - 0.5 if stage == "sft" else lo - 1  # a stage starts at the previous one's end
+        ax.axvspan(lo, hi + 0.5, color=STAGE_COLORS.get(stage, "#cccccc"), alpha=0.08, lw=0)
+        ax.text(
+            (lo + hi) / 2,
+            1.0,
+            STAGE_TITLES.get(stage, stage),
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color=STAGE_COLORS.get(stage, "k"),
+        )
+
+
+def plot_posttrain_trajectory(table, panels, *, title: str | None = None):
+    """Measures over every saved checkpoint of the three stages, in training order.
+
+    ``table`` is ``PosttrainMeasurements.trajectory``; ``panels`` is a list of
+    ``(axis title, [(column, label), ...])``. The x axis lists the checkpoints in order (each
+    stage's revisions are on Pythia's log-then-linear schedule, so the axis is a checkpoint
+    index, labelled with the stage's step).
+    """
+    n = len(panels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    x = table["position"].to_numpy()
+    for ax, (panel_title, series) in zip(axes.flat, panels, strict=False):
+        for column, label in series:
+            ax.plot(x, table[column], marker=".", ms=4, lw=1.4, label=label)
+        _shade_stages(ax, table)
+        ax.set_title(panel_title, pad=14)
+        stage_ends = set(table.groupby("stage", sort=False)["position"].max())
+        marks = [i for i, s in enumerate(table["step"]) if s in (1, 16, 64) or x[i] in stage_ends]
+        ax.set_xticks(x[marks], [str(int(table["step"].iloc[i])) for i in marks], fontsize=7)
+        ax.set_xlabel("checkpoint (stage step)")
+        if len(series) > 1:
+            ax.legend(frameon=False, fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def _log2_integer_axis(ax) -> None:
+    """A base-2 log x axis labelled with plain integers (1, 2, 4, ...)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def plot_pass_at_k(curves, *, order=None, title: str | None = None):
+    """pass@k against k (log axis) for each checkpoint of ``PosttrainMeasurements.pass_at_k``,
+    with the difference to the first checkpoint in ``order`` beside it."""
+    order = order or list(dict.fromkeys(curves["checkpoint"]))
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ref = curves[curves["checkpoint"] == order[0]].set_index("k")["pass_at_k"]
+    palette = plt.get_cmap("viridis")
+    for i, label in enumerate(order):
+        part = curves[curves["checkpoint"] == label].set_index("k")["pass_at_k"]
+        color = palette(i / max(1, len(order) - 1))
+        ax.plot(part.index, part.values, marker="o", ms=3, color=color, label=label)
+        ax_d.plot(
+            part.index, part.values - ref.loc[part.index].values, marker="o", ms=3, color=color
+        )
+    for a in (ax, ax_d):
+        _log2_integer_axis(a)
+        a.set_xlabel("k (samples drawn from n)")
+    ax.set_ylabel("pass@k (unbiased estimator)")
+    ax.legend(frameon=False, fontsize=8)
+    ax_d.axhline(0, color="k", lw=0.8)
+    ax_d.set_ylabel(f"pass@k minus {order[0]}")
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ablation(tables: dict, metrics: dict, *, title: str | None = None):
+    """Downstream metric when only the top-k eigen-directions are kept or when they are
+    removed, against k (log axis); one panel per table (``spectral.ablation_sweep`` output),
+    ``metrics[name] = (column, axis label)``. The unablated value is a dashed line."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 3.6), squeeze=False)
+    for ax, (name, table) in zip(axes.flat, tables.items(), strict=True):
+        column, label = metrics[name]
+        base = float(table.loc[table["mode"] == "none", column].iloc[0])
+        for mode, style in (("keep", "o-"), ("remove", "s--")):
+            part = table[table["mode"] == mode].sort_values("k")
+            part = part[part["k"] > 0]
+            ax.plot(part["k"], part[column], style, ms=4, label=f"{mode} top-k")
+        ax.axhline(base, color="k", lw=0.8, ls=":", label="no ablation")
+        _log2_integer_axis(ax)
+        ax.set_xlabel(f"k (eigen-directions, of d = {int(table['k'].max())})")
+        ax.set_ylabel(label)
+        ax.set_title(name)
+        ax.legend(frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
     return fig

@@ -430,6 +430,34 @@ def _train_stage(
     progress: bool,
 ) -> dict[str, Any]:
     """Train one stage from ``init`` (model, revision) into ``out``; returns its summary."""
+    with _quiet_stage(progress):
+        return _train_stage_inner(stage, init, config, data, out, progress)
+
+
+@contextmanager
+def _quiet_stage(progress: bool):
+    """Without progress: no datasets bars, and none of transformers' deprecation warnings
+    that TRL's trainers trigger (``gradient_checkpointing`` renamed in transformers 5)."""
+    import warnings
+
+    from .finetune import _no_datasets_bars
+
+    if progress:
+        yield
+        return
+    with _no_datasets_bars(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        yield
+
+
+def _train_stage_inner(
+    stage: str,
+    init: tuple[str, str | None],
+    config: PosttrainConfig,
+    data: PromptData,
+    out: Path,
+    progress: bool,
+) -> dict[str, Any]:
     import time
 
     from datasets import Dataset
@@ -503,6 +531,10 @@ def _train_stage(
         )
     else:
         raise ValueError(f"Unknown stage {stage!r}; stages are {', '.join(STAGES)}.")
+    if not progress:  # no per-log printing either (the history is kept in stage.json)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     trainer.train()
     seconds = time.perf_counter() - start
     history = [
