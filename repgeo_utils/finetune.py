@@ -349,6 +349,12 @@ def finetune_profile(
     results = {}
     for task in tasks or prof.tasks:
         dataset = load_profile_task(task, prof, seed=seed)
-        results[task] = finetune_task(model or prof.model, dataset, prof.finetune_settings(task),
-                                      task=task, seed=seed, progress=progress)
+        results[task] = finetune_task(
+            model or prof.model,
+            dataset,
+            prof.finetune_settings(task),
+            task=task,
+            seed=seed,
+            progress=progress,
+        )
     return results

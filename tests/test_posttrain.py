@@ -7,6 +7,7 @@ import dataclasses
 from math import comb
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -324,3 +325,38 @@ def test_measurements_cover_every_checkpoint_with_bounded_metrics(tiny_run, monk
         PT.measure_posttraining(result, probe, pass_at_k_points=[("rl", 99)], progress=False)
     with pytest.raises(ValueError, match="needs probe texts"):
         PT.measure_posttraining(result, [], progress=False)
+
+
+def test_notebook_08_figures_draw_from_the_measurements(tiny_run, monkeypatch, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from repgeo_utils import plotting
+
+    root, base, _, result = tiny_run
+    monkeypatch.setenv("REPGEO_DATA_DIR", str(root))
+    probe = P.probe_texts(base.holdout_texts, n=40, max_words=20)
+    m = PT.measure_posttraining(result, probe, n_samples=4, max_eval_rows=8, progress=False)
+    fig = plotting.plot_posttrain_trajectory(
+        m.trajectory,
+        [("RankMe", [("rankme_covariance_probe", "probe")]), ("NLL", [("id_nll", "ID")])],
+    )
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 2
+    line = fig.axes[0].lines[0]
+    assert list(line.get_ydata()) == list(m.trajectory["rankme_covariance_probe"])
+    fig = plotting.plot_pass_at_k(m.pass_at_k)
+    first = m.pass_at_k["checkpoint"].iloc[0]
+    diff = fig.axes[1].lines[0].get_ydata()
+    assert np.allclose(diff, 0.0)  # the reference checkpoint minus itself
+    table = pd.DataFrame(
+        {
+            "mode": ["none", "keep", "keep", "remove", "remove"],
+            "k": [4, 1, 4, 1, 4],
+            "loss": [1.0, 3.0, 1.0, 1.5, 4.0],
+        }
+    )
+    fig = plotting.plot_ablation({"lm": table}, {"lm": ("loss", "loss")})
+    keep, remove = fig.axes[0].lines[:2]
+    assert list(keep.get_ydata()) == [3.0, 1.0] and list(remove.get_ydata()) == [1.5, 4.0]
+    assert plotting.save_figure(fig, "08_test").is_file()
+    assert first in set(m.pass_at_k["checkpoint"])
