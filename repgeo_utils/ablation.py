@@ -125,33 +125,15 @@ def _check_texts(texts: Sequence[str], name: str) -> list[str]:
 
 
 def _causal_batches(tokenizer, texts, max_length: int, batch_size: int) -> list[dict]:
-    """Texts tokenised as ``pretrain.last_token_features`` does: no special tokens,
-    truncated to ``max_length``, batched by length with right padding."""
-    import torch
+    """Texts batched exactly as ``pretrain.last_token_features`` batches them."""
+    from .pretrain import causal_lm_batches
 
-    enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)[
-        "input_ids"
+    return [
+        {"input_ids": ids, "attention_mask": mask}
+        for _, ids, mask in causal_lm_batches(
+            tokenizer, texts, max_length=max_length, batch_size=batch_size
+        )
     ]
-    empty = [i for i, ids in enumerate(enc) if not ids]
-    if empty:
-        raise ValueError(f"{len(empty)} texts tokenize to nothing (first: index {empty[0]}).")
-    pad = (
-        tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else (tokenizer.eos_token_id or 0)
-    )
-    order = np.argsort([len(ids) for ids in enc], kind="stable")
-    batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(enc[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, : len(enc[i])] = torch.tensor(enc[i])
-            mask[row, : len(enc[i])] = 1
-        batches.append({"input_ids": ids, "attention_mask": mask})
-    return batches
 
 
 def _encoder_batches(tokenizer, texts, max_length: int, batch_size: int) -> list[dict]:

@@ -1023,6 +1023,39 @@ def _resolve_layers(layers: str | Sequence[int], num_layers: int) -> list[int]:
     return sorted(set(out))
 
 
+def causal_lm_batches(
+    tokenizer, texts: Sequence[str], *, max_length: int = 128, batch_size: int = 32
+) -> list[tuple[np.ndarray, Any, Any]]:
+    """``texts`` tokenised for a causal LM: no special tokens added (as Pythia's tokenizer),
+    truncated to ``max_length``, sorted by length and right-padded into batches. Returns
+    ``(text indices, input_ids, attention_mask)`` per batch (torch tensors)."""
+    import torch
+
+    enc = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length)[
+        "input_ids"
+    ]
+    empty = [i for i, ids in enumerate(enc) if not ids]
+    if empty:
+        raise ValueError(f"{len(empty)} texts tokenize to nothing (first: index {empty[0]}).")
+    pad = (
+        tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else (tokenizer.eos_token_id or 0)
+    )
+    order = np.argsort([len(ids) for ids in enc], kind="stable")
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(enc[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, : len(enc[i])] = torch.tensor(enc[i])
+            mask[row, : len(enc[i])] = 1
+        batches.append((idx, ids, mask))
+    return batches
+
+
 def last_token_features(
     model,
     tokenizer,
@@ -1043,31 +1076,14 @@ def last_token_features(
 
     if not texts:
         raise ValueError("last_token_features needs at least one text.")
-    enc = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length)[
-        "input_ids"
-    ]
-    empty = [i for i, ids in enumerate(enc) if not ids]
-    if empty:
-        raise ValueError(f"{len(empty)} texts tokenize to nothing (first: index {empty[0]}).")
-    pad = (
-        tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else (tokenizer.eos_token_id or 0)
-    )
-    order = np.argsort([len(ids) for ids in enc], kind="stable")
+    batches = causal_lm_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size)
+    n_texts = sum(len(idx) for idx, _, _ in batches)
     hidden = int(model.config.hidden_size)
-    feats = {layer: np.empty((len(enc), hidden), dtype=np.float32) for layer in layers}
+    feats = {layer: np.empty((n_texts, hidden), dtype=np.float32) for layer in layers}
     loss_sum, n_tok = 0.0, 0
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            width = max(len(enc[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, : len(enc[i])] = torch.tensor(enc[i])
-                mask[row, : len(enc[i])] = 1
+        for idx, ids, mask in batches:
             ids, mask = ids.to(device), mask.to(device)
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
             last = mask.sum(1) - 1
