@@ -360,3 +360,13 @@ def test_notebook_08_figures_draw_from_the_measurements(tiny_run, monkeypatch, t
     assert list(keep.get_ydata()) == [3.0, 1.0] and list(remove.get_ydata()) == [1.5, 4.0]
     assert plotting.save_figure(fig, "08_test").is_file()
     assert first in set(m.pass_at_k["checkpoint"])
+
+
+def test_a_hub_base_model_offline_fails_with_a_clear_message():
+    from repgeo_utils.models import ModelNotFoundError, ModelUnavailableError
+
+    config = PT.PosttrainConfig(base_model="EleutherAI/pythia-160m")
+    with pytest.raises(ModelUnavailableError, match="Could not load 'EleutherAI/pythia-160m'"):
+        PT.posttrain(config, progress=False)
+    with pytest.raises(ModelNotFoundError, match="Unknown model 'no-such-model'"):
+        PT.posttrain(PT.PosttrainConfig(base_model="no-such-model"), progress=False)
