@@ -859,24 +859,26 @@ def plot_posttrain_trajectory(table, panels, *, title: str | None = None):
     """Measures over every saved checkpoint of the three stages, in training order.
 
     ``table`` is ``PosttrainMeasurements.trajectory``; ``panels`` is a list of
-    ``(axis title, [(column, label), ...])``. The x axis lists the checkpoints in order (each
-    stage's revisions are on Pythia's log-then-linear schedule, so the axis is a checkpoint
-    index, labelled with the stage's step).
+    ``(axis title, [(column, label), ...])``. The checkpoints are evenly spaced on the x axis
+    (each stage saves on Pythia's log-then-linear schedule); tick labels give the step within
+    the stage, ``0`` being the base model.
     """
     n = len(panels)
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    table = table.sort_values("position")
     x = table["position"].to_numpy()
+    steps = table["step"].to_numpy()
+    stage_ends = set(table.groupby("stage", sort=False)["position"].max())
+    marks = [i for i in range(len(x)) if i == 0 or steps[i] in (16, 64) or x[i] in stage_ends]
     for ax, (panel_title, series) in zip(axes.flat, panels, strict=False):
         for column, label in series:
             ax.plot(x, table[column], marker=".", ms=4, lw=1.4, label=label)
         _shade_stages(ax, table)
         ax.set_title(panel_title, pad=14)
-        stage_ends = set(table.groupby("stage", sort=False)["position"].max())
-        marks = [i for i, s in enumerate(table["step"]) if s in (1, 16, 64) or x[i] in stage_ends]
-        ax.set_xticks(x[marks], [str(int(table["step"].iloc[i])) for i in marks], fontsize=7)
-        ax.set_xlabel("checkpoint (stage step)")
+        ax.set_xticks(x[marks], [str(int(steps[i])) for i in marks], fontsize=7)
+        ax.set_xlabel("checkpoint (evenly spaced; tick = step in its stage)", fontsize=8)
         if len(series) > 1:
             ax.legend(frameon=False, fontsize=8)
     for ax in list(axes.flat)[n:]:
@@ -895,38 +897,72 @@ def _log2_integer_axis(ax) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
-def plot_pass_at_k(curves, *, order=None, title: str | None = None):
-    """pass@k against k (log axis) for each checkpoint of ``PosttrainMeasurements.pass_at_k``,
-    with the difference to the first checkpoint in ``order`` beside it."""
-    order = order or list(dict.fromkeys(curves["checkpoint"]))
-    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ref = curves[curves["checkpoint"] == order[0]].set_index("k")["pass_at_k"]
-    palette = plt.get_cmap("viridis")
+def plot_pass_at_k(
+    curves,
+    *,
+    order=None,
+    reference: str | None = None,
+    n_labels: int | None = None,
+    title: str | None = None,
+):
+    """pass@k against k (log axis) for each checkpoint of ``PosttrainMeasurements.pass_at_k``
+    (in ``order``, default: as listed), and beside it each curve minus the ``reference``
+    checkpoint's (default: the first). ``n_labels`` adds the curve of a guesser that names a
+    uniformly random label each time, 1 - (1 - 1/n_labels)^k."""
+    import numpy as np
+
+    order = list(order or dict.fromkeys(curves["checkpoint"]))
+    reference = reference or order[0]
+    if reference not in order:
+        raise ValueError(f"reference {reference!r} is not one of the checkpoints {order}")
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    ref = curves[curves["checkpoint"] == reference].set_index("k")["pass_at_k"]
     for i, label in enumerate(order):
         part = curves[curves["checkpoint"] == label].set_index("k")["pass_at_k"]
-        color = palette(i / max(1, len(order) - 1))
+        color = f"C{i}"
         ax.plot(part.index, part.values, marker="o", ms=3, color=color, label=label)
         ax_d.plot(
             part.index, part.values - ref.loc[part.index].values, marker="o", ms=3, color=color
         )
+    n = int(curves["k"].max())
+    if n_labels:
+        k = np.arange(1, n + 1)
+        ax.plot(
+            k,
+            1 - (1 - 1 / n_labels) ** k,
+            color="0.5",
+            ls="--",
+            lw=1,
+            label=f"random label (1 of {n_labels})",
+        )
     for a in (ax, ax_d):
         _log2_integer_axis(a)
-        a.set_xlabel("k (samples drawn from n)")
+        a.set_xlabel(f"k (of n = {n} samples per prompt)")
     ax.set_ylabel("pass@k (unbiased estimator)")
     ax.legend(frameon=False, fontsize=8)
     ax_d.axhline(0, color="k", lw=0.8)
-    ax_d.set_ylabel(f"pass@k minus {order[0]}")
+    ax_d.set_ylabel(f"pass@k minus {reference}")
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig
 
 
-def plot_ablation(tables: dict, metrics: dict, *, title: str | None = None):
+def plot_ablation(
+    tables: dict,
+    metrics: dict,
+    *,
+    floors: dict | None = None,
+    mark_k=None,
+    title: str | None = None,
+):
     """Downstream metric when only the top-k eigen-directions are kept or when they are
     removed, against k (log axis); one panel per table (``spectral.ablation_sweep`` output),
-    ``metrics[name] = (column, axis label)``. The unablated value is a dashed line."""
-    fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 3.6), squeeze=False)
+    ``metrics[name] = (column, axis label)``. Dotted line: no ablation; dashed grey line:
+    keep k = 0 (every token replaced by the mean), when the table has it; ``floors[name] =
+    (value, label)`` adds another reference line (e.g. the majority-class accuracy);
+    ``mark_k`` shades one k (e.g. the paper's 10)."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 3.8), squeeze=False)
     for ax, (name, table) in zip(axes.flat, tables.items(), strict=True):
         column, label = metrics[name]
         base = float(table.loc[table["mode"] == "none", column].iloc[0])
@@ -934,7 +970,21 @@ def plot_ablation(tables: dict, metrics: dict, *, title: str | None = None):
             part = table[table["mode"] == mode].sort_values("k")
             part = part[part["k"] > 0]
             ax.plot(part["k"], part[column], style, ms=4, label=f"{mode} top-k")
-        ax.axhline(base, color="k", lw=0.8, ls=":", label="no ablation")
+        ax.axhline(base, color="k", lw=1.0, ls=":", label="no ablation", zorder=5)
+        mean_only = table[(table["mode"] == "keep") & (table["k"] == 0)]
+        if len(mean_only):
+            ax.axhline(
+                float(mean_only[column].iloc[0]),
+                color="0.5",
+                lw=1,
+                ls="--",
+                label="mean only (keep k = 0)",
+            )
+        if floors and name in floors:
+            value, floor_label = floors[name]
+            ax.axhline(value, color="0.3", lw=1, ls="-.", label=floor_label)
+        if mark_k:
+            ax.axvline(mark_k, color="0.85", lw=6, zorder=0)
         _log2_integer_axis(ax)
         ax.set_xlabel(f"k (eigen-directions, of d = {int(table['k'].max())})")
         ax.set_ylabel(label)

@@ -399,9 +399,12 @@ def _checkpoint_callback(folder: Path, steps: list[int], tokenizer):
     return SaveRevisions()
 
 
-def _training_args(cls, settings, config: PosttrainConfig, out: Path, progress: bool, **extra):
+def _training_args(
+    cls, settings, config: PosttrainConfig, out: Path, progress: bool, use_gpu: bool, **extra
+):
     """TRL config shared by the three stages: constant learning rate, no warmup, seeded data
-    order, CPU, no saving by the Trainer itself (the callback writes the revisions)."""
+    order, CPU unless ``use_gpu``, no saving by the Trainer itself (the callback writes the
+    revisions)."""
     return cls(
         output_dir=str(out / "trainer"),
         max_steps=settings.steps,
@@ -414,7 +417,7 @@ def _training_args(cls, settings, config: PosttrainConfig, out: Path, progress: 
         report_to="none",
         seed=config.seed,
         data_seed=config.seed,
-        use_cpu=True,
+        use_cpu=not use_gpu,
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         **extra,
@@ -428,10 +431,11 @@ def _train_stage(
     data: PromptData,
     out: Path,
     progress: bool,
+    use_gpu: bool = False,
 ) -> dict[str, Any]:
     """Train one stage from ``init`` (model, revision) into ``out``; returns its summary."""
     with _quiet_stage(progress):
-        return _train_stage_inner(stage, init, config, data, out, progress)
+        return _train_stage_inner(stage, init, config, data, out, progress, use_gpu)
 
 
 @contextmanager
@@ -457,6 +461,7 @@ def _train_stage_inner(
     data: PromptData,
     out: Path,
     progress: bool,
+    use_gpu: bool,
 ) -> dict[str, Any]:
     import time
 
@@ -479,7 +484,7 @@ def _train_stage_inner(
     if stage == "sft":
         rows = [{"prompt": r["prompt"], "completion": " " + r["answer"]} for r in data.train]
         args = _training_args(
-            SFTConfig, settings, config, out, progress, max_length=config.max_length
+            SFTConfig, settings, config, out, progress, use_gpu, max_length=config.max_length
         )
         trainer = SFTTrainer(
             model=model,
@@ -495,6 +500,7 @@ def _train_stage_inner(
             config,
             out,
             progress,
+            use_gpu,
             beta=settings.beta,
             max_length=config.max_length,
         )
@@ -515,6 +521,7 @@ def _train_stage_inner(
             config,
             out,
             progress,
+            use_gpu,
             num_generations=settings.num_generations,
             max_completion_length=settings.max_completion_tokens,
             temperature=settings.temperature,
@@ -585,6 +592,7 @@ def posttrain(
     config: PosttrainConfig | str = "quick",
     *,
     num_threads: int | None = 1,
+    use_gpu: bool = False,
     progress: bool = True,
 ) -> PosttrainResult:
     """Run (or reuse) SFT, then DPO, then GRPO from the config's base model.
@@ -592,8 +600,14 @@ def posttrain(
     Each stage is cached separately (key: the base weights, both tasks' data, this stage's
     and the earlier stages' settings, the seed), so a run stopped during DPO keeps its SFT
     stage. ``num_threads`` sets torch's CPU threads while training (1 is fastest for the
-    small LM, and keeps the result bit-for-bit reproducible).
+    small LM, and keeps the result bit-for-bit reproducible). ``use_gpu`` trains on the GPU
+    (for a hub base model in the paper profile); a GPU run is cached apart from CPU runs.
     """
+    if use_gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("use_gpu=True but torch sees no CUDA device.")
     if isinstance(config, str):
         if config not in POSTTRAIN_SETTINGS:
             raise ValueError(
@@ -626,6 +640,8 @@ def posttrain(
             "max_length": config.max_length,
             "seed": config.seed,
         }
+        if use_gpu:  # GPU kernels round differently: never mix with CPU results
+            key["device"] = "cuda"
         init: tuple[str, str | None] = (name, revision)
         stages: dict[str, Path] = {}
         logs: dict[str, list] = {}
@@ -637,7 +653,7 @@ def posttrain(
                 cached[stage] = entry.exists
                 if not entry.exists:
                     log.info("post-training stage %s from %s", stage, init[0])
-                    _train_stage(stage, init, config, id_data, entry.tmp, progress)
+                    _train_stage(stage, init, config, id_data, entry.tmp, progress, use_gpu)
             summary = json.loads((entry.path / "stage.json").read_text())
             stages[stage], logs[stage], seconds[stage] = (
                 entry.path,
@@ -856,7 +872,8 @@ def measure_posttraining(
       ``max_eval_rows`` test rows of each task;
     - pass@k (k = 1..``n_samples``, temperature 1) on the ID test rows at
       ``pass_at_k_points``: (stage, step) pairs, step None = the stage's end. Default: the
-      end of SFT, the end of DPO (= RL step 0), RL's middle checkpoint and RL's end.
+      end of SFT, the end of DPO (= RL step 0), RL's checkpoint nearest half its steps and
+      RL's end.
 
     The whole table is cached (key: the stage folders' keys, the probe texts, the settings).
     """
@@ -869,8 +886,9 @@ def measure_posttraining(
     id_rows = result.id_data.test[:max_eval_rows]
     ood_rows = result.ood_data.test[:max_eval_rows]
     rl_revs = [revision_step(r) for r in result.revisions("rl")]
-    if pass_at_k_points is None:
-        middle = rl_revs[len(rl_revs) // 2] if rl_revs else None
+    if pass_at_k_points is None:  # RL's middle: the saved step nearest half its steps
+        half = result.config.rl.steps / 2
+        middle = min(rl_revs, key=lambda s: (abs(s - half), s)) if rl_revs else None
         pass_at_k_points = [("sft", None), ("dpo", None), ("rl", middle), ("rl", None)]
     points = []
     for stage, step in pass_at_k_points:
@@ -972,10 +990,30 @@ def _point_label(stage: str, step: int, result: PosttrainResult) -> str:
     return f"{STAGE_TITLES[stage]} step {step}"
 
 
+def solved_counts(correct_counts: dict[str, Sequence[int]], n: int) -> pd.DataFrame:
+    """Per checkpoint: how many prompts no sample solved (0 of ``n``), how many every sample
+    solved (``n`` of ``n``), and the mean share of correct samples (= pass@1). A policy that
+    narrows moves prompts to both ends."""
+    rows = []
+    for label, counts in correct_counts.items():
+        c = np.asarray(counts)
+        rows.append(
+            {
+                "checkpoint": label,
+                "prompts": len(c),
+                f"solved 0/{n}": int((c == 0).sum()),
+                f"solved {n}/{n}": int((c == n).sum()),
+                "mean share correct": float(c.mean() / n),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def stage_summary(trajectory: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Value of ``columns`` at the start and end of each stage (start = the previous stage's
     end) and the change."""
     rows = []
+    trajectory = trajectory.sort_values("position")
     start = trajectory.iloc[0]
     for stage in STAGES:
         part = trajectory[trajectory["stage"] == stage]
@@ -1020,5 +1058,6 @@ __all__ = [
     "pass_at_k_curve",
     "posttrain",
     "sample_correct_counts",
+    "solved_counts",
     "stage_summary",
 ]
