@@ -370,3 +370,17 @@ def test_a_hub_base_model_offline_fails_with_a_clear_message():
         PT.posttrain(config, progress=False)
     with pytest.raises(ModelNotFoundError, match="Unknown model 'no-such-model'"):
         PT.posttrain(PT.PosttrainConfig(base_model="no-such-model"), progress=False)
+
+
+def test_solved_counts_by_hand():
+    table = PT.solved_counts({"a": [0, 4, 4, 2], "b": [1, 1, 0, 0]}, n=4)
+    a, b = table.iloc[0], table.iloc[1]
+    assert (a["solved 0/4"], a["solved 4/4"], a["prompts"]) == (1, 2, 4)
+    assert a["mean share correct"] == pytest.approx(10 / 16)
+    assert (b["solved 0/4"], b["solved 4/4"]) == (2, 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_use_gpu_without_a_gpu_fails_clearly():
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        PT.posttrain("tiny", use_gpu=True, progress=False)
