@@ -902,6 +902,8 @@ def measure_posttraining(
     max_new = result.config.rl.max_completion_tokens
     key = {
         "stages": {s: read_meta(p)["key"] for s, p in result.stages.items()},
+        "id_data": result.id_data.fingerprint(),
+        "ood_data": result.ood_data.fingerprint(),  # the stages never see it: not in their keys
         "probe": key_hash({"probe": list(probe)}, 16),
         "n_samples": n_samples,
         "points": points,

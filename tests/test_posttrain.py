@@ -321,6 +321,12 @@ def test_measurements_cover_every_checkpoint_with_bounded_metrics(tiny_run, monk
     sft = summary[(summary.stage == "SFT") & (summary.measure == "id_nll")].iloc[0]
     assert sft.start == pytest.approx(t.iloc[0]["id_nll"])
     assert sft.change == pytest.approx(sft.end - sft.start)
+    # another OOD task reuses the trained stages but never the cached measurements
+    other = PT.posttrain(dataclasses.replace(config, ood_task="tweets-binary"), progress=False)
+    assert other.cached == {"sft": True, "dpo": True, "rl": True}
+    m2 = PT.measure_posttraining(other, probe, n_samples=4, max_eval_rows=8, progress=False)
+    assert m2.trajectory["id_nll"].equals(t["id_nll"])
+    assert not m2.trajectory["ood_nll"].equals(t["ood_nll"])
     with pytest.raises(ValueError, match="no checkpoint at step 99"):
         PT.measure_posttraining(result, probe, pass_at_k_points=[("rl", 99)], progress=False)
     with pytest.raises(ValueError, match="needs probe texts"):
