@@ -79,6 +79,11 @@ def _isolated_data(tmp_path, monkeypatch):
     monkeypatch.setenv("REPGEO_FIGURES_DIR", str(tmp_path / "figures"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: without this a hub lookup still
+    # tries the network and waits out its retries (about 45 s a test) before failing
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="session")
