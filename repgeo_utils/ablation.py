@@ -273,3 +273,35 @@ def classifier_accuracy_ablation(
         table = spectral.ablation_sweep(evaluate, module, basis, ks, modes, progress=progress)
     table.attrs["n_fit_tokens"] = basis.n_samples
     return table
+
+
+def default_ks(dim: int) -> list[int]:
+    """The k of an ablation sweep over ``dim`` directions: 0 (mean only), every power of two
+    below ``dim``, paper 2's 10 (when below ``dim``) and ``dim`` itself (no ablation)."""
+    if dim < 1:
+        raise ValueError(f"dim must be at least 1, got {dim}")
+    return sorted(
+        {0, dim}
+        | {2**i for i in range(dim.bit_length()) if 2**i < dim}
+        | ({10} if dim > 10 else set())
+    )
+
+
+def table2_row(table: pd.DataFrame, metric: str, ks: Sequence[int]) -> dict[str, float]:
+    """One row in the layout of paper 2's Table 2 from an :func:`spectral.ablation_sweep`
+    table: the unablated ``metric``, then for each k the value with the top-k directions
+    removed and retained, and with only the mean kept (keep k = 0) when the table has it."""
+
+    def value(mode: str, k: int) -> float:
+        rows = table.loc[(table["mode"] == mode) & (table["k"] == k), metric]
+        if rows.empty:
+            raise ValueError(f"the ablation table has no row for mode {mode!r}, k = {k}")
+        return float(rows.iloc[0])
+
+    row = {"original": float(table.loc[table["mode"] == "none", metric].iloc[0])}
+    for k in ks:
+        row[f"top-{k} removed"] = value("remove", k)
+        row[f"top-{k} retained"] = value("keep", k)
+    if ((table["mode"] == "keep") & (table["k"] == 0)).any():
+        row["mean only"] = value("keep", 0)
+    return row

@@ -1011,9 +1011,24 @@ def solved_counts(correct_counts: dict[str, Sequence[int]], n: int) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def stage_summary(trajectory: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+#: Relative changes smaller than this count as "no clear change" in :func:`stage_summary`.
+DEAD_BAND = 0.02
+
+
+def change_direction(change: float, start: float, dead_band: float = DEAD_BAND) -> str:
+    """``"up"``, ``"down"`` or ``"no clear change"`` (a change of less than ``dead_band`` of
+    the starting value's magnitude, or exactly zero)."""
+    if change == 0 or (start and abs(change / start) < dead_band):
+        return "no clear change"
+    return "up" if change > 0 else "down"
+
+
+def stage_summary(
+    trajectory: pd.DataFrame, columns: Sequence[str], *, dead_band: float = DEAD_BAND
+) -> pd.DataFrame:
     """Value of ``columns`` at the start and end of each stage (start = the previous stage's
-    end) and the change."""
+    end), the change, the change relative to the start (NaN when the start is 0) and its
+    direction (:func:`change_direction`)."""
     rows = []
     trajectory = trajectory.sort_values("position")
     start = trajectory.iloc[0]
@@ -1023,13 +1038,16 @@ def stage_summary(trajectory: pd.DataFrame, columns: Sequence[str]) -> pd.DataFr
             continue
         end = part.iloc[-1]
         for col in columns:
+            first, last = float(start[col]), float(end[col])
             rows.append(
                 {
                     "stage": STAGE_TITLES[stage],
                     "measure": col,
-                    "start": float(start[col]),
-                    "end": float(end[col]),
-                    "change": float(end[col] - start[col]),
+                    "start": first,
+                    "end": last,
+                    "change": last - first,
+                    "relative": (last - first) / abs(first) if first else float("nan"),
+                    "direction": change_direction(last - first, first, dead_band),
                 }
             )
         start = end
@@ -1050,6 +1068,7 @@ __all__ = [
     "SFTSettings",
     "answer_nll",
     "build_prompt_data",
+    "change_direction",
     "dpo_pairs",
     "evaluate_model",
     "exact_match_reward",

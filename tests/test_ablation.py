@@ -460,3 +460,30 @@ def test_classifier_accuracy_ablation_errors(tiny_bert):
     with pytest.raises(ValueError, match=r"\[0, 16\]"):
         classifier_accuracy_ablation(model, tokenizer, CLF_TEXTS, CLF_TEXTS, [0] * 6, [-1])
     assert spectral.ABLATION_MODES == ("keep", "remove")
+
+
+def test_default_ks_and_table2_row():
+    import pandas as pd
+
+    from repgeo_utils.ablation import default_ks, table2_row
+
+    assert default_ks(32) == [0, 1, 2, 4, 8, 10, 16, 32]
+    assert default_ks(8) == [0, 1, 2, 4, 8]
+    assert default_ks(1) == [0, 1]
+    with pytest.raises(ValueError, match="at least 1"):
+        default_ks(0)
+    table = pd.DataFrame(
+        {
+            "mode": ["none", "keep", "keep", "remove"],
+            "k": [4, 0, 1, 1],
+            "acc": [0.9, 0.2, 0.5, 0.8],
+        }
+    )
+    assert table2_row(table, "acc", [1]) == {
+        "original": 0.9,
+        "top-1 removed": 0.8,
+        "top-1 retained": 0.5,
+        "mean only": 0.2,
+    }
+    with pytest.raises(ValueError, match="no row for mode 'remove', k = 2"):
+        table2_row(table, "acc", [2])

@@ -390,3 +390,25 @@ def test_solved_counts_by_hand():
 def test_use_gpu_without_a_gpu_fails_clearly():
     with pytest.raises(RuntimeError, match="no CUDA device"):
         PT.posttrain("tiny", use_gpu=True, progress=False)
+
+
+def test_change_direction_and_stage_summary_by_hand():
+    assert PT.change_direction(0.5, 10.0) == "up"
+    assert PT.change_direction(-0.5, 10.0) == "down"
+    assert PT.change_direction(0.1, 10.0) == "no clear change"  # 1% < 2%
+    assert PT.change_direction(0.0, 0.0) == "no clear change"
+    assert PT.change_direction(0.3, 0.0) == "up"  # no relative size without a start
+    t = pd.DataFrame(
+        {
+            "position": [3, 0, 1, 2],  # out of order on purpose
+            "stage": ["rl", "sft", "sft", "dpo"],
+            "x": [8.0, 10.0, 12.0, 12.1],
+        }
+    )
+    s = PT.stage_summary(t, ["x"]).set_index("stage")
+    assert (s.loc["SFT", "start"], s.loc["SFT", "end"]) == (10.0, 12.0)
+    assert s.loc["SFT", "relative"] == pytest.approx(0.2)
+    assert s.loc["SFT", "direction"] == "up"
+    assert s.loc["DPO", "start"] == 12.0 and s.loc["DPO", "direction"] == "no clear change"
+    assert s.loc["RL (GRPO)", "change"] == pytest.approx(8.0 - 12.1)
+    assert s.loc["RL (GRPO)", "direction"] == "down"
