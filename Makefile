@@ -10,7 +10,7 @@ KERNEL := repgeo
 PROFILE ?= quick
 PARAMS ?=
 NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-NBVAL_FLAGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
+NBVAL_FLAGS := --nbval-lax -p tests.nbval_tolerance --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-kernel-name $(KERNEL) --nbval-cell-timeout 1800 -p no:randomly
 
 .PHONY: help setup lab figures test unit nbtest bench lint clean
