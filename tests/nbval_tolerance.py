@@ -80,11 +80,11 @@ def parse_tolerance(source: str) -> Tolerance | None:
     return Tolerance(**settings)
 
 
-def _is_measurement(token: str) -> bool:
+def is_measurement(token: str) -> bool:
     return "." in token or "e" in token.lower()
 
 
-def _squash(text: str) -> str:
+def squash(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
@@ -98,11 +98,11 @@ def differences(committed: str, test: str, tolerance: Tolerance) -> list[str] | 
     problems = []
     for i, (ref, new) in enumerate(zip(ref_parts, test_parts, strict=True)):
         if i % 2 == 0:  # text between numbers
-            if _squash(ref) != _squash(new):
+            if squash(ref) != squash(new):
                 return None
             continue
-        context = _squash("".join(ref_parts[max(0, i - 3) : i]))[-40:]
-        if not (_is_measurement(ref) or _is_measurement(new)):
+        context = squash("".join(ref_parts[max(0, i - 3) : i]))[-40:]
+        if not (is_measurement(ref) or is_measurement(new)):
             if int(ref) != int(new):
                 problems.append(f"count after '...{context}': committed {ref}, now {new} (exact)")
             continue

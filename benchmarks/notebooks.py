@@ -1,0 +1,266 @@
+"""How long the notebooks take, and how much their checked numbers move between CPU kernel
+paths and between seeds.
+
+Three jobs, each executing the notebooks with papermill exactly as ``make figures`` does, in
+a fresh data folder (so every fine-tune, SAE and pretraining run is rebuilt: "cold") unless
+said otherwise:
+
+``times``
+    Every notebook cold, in order, then again warm (caches kept), timing each; the float32
+    GEMM rate is measured before and after so a reader can scale the times to another machine.
+    -> ``results/notebook_times.json``.
+``variation --config NAME``
+    Every notebook cold under one kernel-path setting (``aten-default``: ATen's scalar CPU
+    kernels instead of AVX2/AVX-512; ``threads-1``: one thread; ``mkl-compatible``: MKL's
+    conditional numerical reproducibility in its most portable mode), then each checked cell
+    (``# NBVAL_CHECK_OUTPUT``) compared with the committed notebook: did its text change (a
+    verdict), did a count change, and by how much did each measured number move.
+    -> ``results/reproducibility.json`` (merged by config).
+``seeds --seeds 1 2``
+    Every notebook cold with ``-p SEED s``; the findings each notebook records
+    (``repgeo_utils.report.Findings``) are collected, so a notebook can quote how much a
+    result moves between seeds. -> ``results/reproducibility.json`` (merged).
+
+A run takes as long as ``make figures`` from a fresh clone (20-40 minutes here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.nbval_tolerance: one definition of "a number"
+
+from tests.nbval_tolerance import NUMBER, is_measurement, squash  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+TIMES_FILE = RESULTS / "notebook_times.json"
+VARIATION_FILE = RESULTS / "reproducibility.json"
+REPORT_FILE = ROOT / "benchmarks" / "reproducibility.md"
+PAPERMILL = Path(sys.executable).with_name("papermill")
+KERNEL = "repgeo"
+
+#: Environment settings that change which CPU kernels compute the same numbers.
+CONFIGS: dict[str, dict[str, str]] = {
+    "native": {},
+    "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
+    "threads-1": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+    "mkl-compatible": {"MKL_CBWR": "COMPATIBLE"},
+}
+
+
+def notebooks(names: list[str] | None = None) -> list[Path]:
+    found = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if names:
+        found = [p for p in found if any(p.name.startswith(n) for n in names)]
+        if not found:
+            raise SystemExit(f"no notebook matches {names}")
+    return found
+
+
+def gemm_gflops(size: int = 1024, seconds: float = 2.0) -> float:
+    """Float32 GEMM rate of ``size^3`` products with torch's default threads (GFLOP/s)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2.0 * size**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def machine() -> dict:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", flags)
+    isa = [f for f in ("avx512f", "avx2", "avx") if re.search(rf"\b{f}\b", flags)]
+    return {
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "cores": os.cpu_count(),
+        "widest_isa": isa[0] if isa else "unknown",
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+    }
+
+
+def execute(
+    notebook: Path, out: Path, env: dict[str, str], params: dict[str, str] | None = None
+) -> float:
+    """Run one notebook with papermill; returns the wall time in seconds."""
+    command = [str(PAPERMILL), str(notebook), str(out), "-k", KERNEL, "--cwd", "notebooks",
+               "-p", "PROFILE", "quick", "--log-level", "WARNING"]  # fmt: skip
+    for name, value in (params or {}).items():
+        command += ["-p", name, value]
+    start = time.perf_counter()
+    done = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+        raise RuntimeError(f"{notebook.name} failed under {env}:\n{tail}")
+    return seconds
+
+
+def fresh_env(base: Path, extra: dict[str, str]) -> dict[str, str]:
+    data, figures = base / "data", base / "figures"
+    data.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    return {"REPGEO_DATA_DIR": str(data), "REPGEO_FIGURES_DIR": str(figures), **extra}
+
+
+def merge(path: Path, key: str, value: dict) -> None:
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.setdefault(key, {}).update(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+# --- times -------------------------------------------------------------------------------------
+
+
+def run_times(names: list[str] | None) -> None:
+    rate_before = gemm_gflops()
+    with tempfile.TemporaryDirectory(prefix="repgeo-times-") as tmp:
+        env = fresh_env(Path(tmp), {})
+        rows: dict[str, dict[str, float]] = {}
+        for phase in ("cold", "warm"):
+            for nb in notebooks(names):
+                seconds = execute(nb, Path(tmp) / nb.name, env)
+                rows.setdefault(nb.stem, {})[f"{phase}_s"] = round(seconds, 1)
+                print(f"{phase:4s} {nb.stem}: {seconds:7.1f} s", flush=True)
+    rate_after = gemm_gflops()
+    payload = {
+        "machine": {**machine(), "gemm_gflops_before": round(rate_before, 1),
+                    "gemm_gflops_after": round(rate_after, 1)},
+        "notebooks": rows,
+        "total_cold_s": round(sum(r["cold_s"] for r in rows.values()), 1),
+        "total_warm_s": round(sum(r["warm_s"] for r in rows.values()), 1),
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+    }  # fmt: skip
+    TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
+    TIMES_FILE.write_text(json.dumps(payload, indent=1) + "\n")
+    print(json.dumps(payload, indent=1))
+
+
+# --- variation of checked outputs --------------------------------------------------------------
+
+
+def checked_texts(nb: nbformat.NotebookNode) -> dict[int, str]:
+    """Cell index -> the text of every output of each ``# NBVAL_CHECK_OUTPUT`` cell."""
+    out = {}
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or "NBVAL_CHECK_OUTPUT" not in cell.source:
+            continue
+        parts = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                parts.append(output.get("text", ""))
+            elif "data" in output:
+                parts.append(output["data"].get("text/plain", ""))
+        out[i] = "".join(parts)
+    return out
+
+
+def compare_text(committed: str, new: str) -> dict:
+    """How ``new`` differs from ``committed``: text, counts, and the largest moves."""
+    a, b = NUMBER.split(committed), NUMBER.split(new)
+    if len(a) != len(b) or any(squash(x) != squash(y) for x, y in zip(a[::2], b[::2], strict=True)):
+        return {"text_changed": True}
+    counts, max_abs, max_rel = 0, 0.0, 0.0
+    for x, y in zip(a[1::2], b[1::2], strict=True):
+        if not (is_measurement(x) or is_measurement(y)):
+            counts += int(int(x) != int(y))
+            continue
+        u, v = float(x), float(y)
+        if math.isnan(u) and math.isnan(v):
+            continue
+        max_abs = max(max_abs, abs(u - v))
+        if u != 0:
+            max_rel = max(max_rel, abs(u - v) / abs(u))
+    return {"text_changed": False, "counts_changed": counts, "max_abs": max_abs, "max_rel": max_rel}
+
+
+def run_variation(config: str, names: list[str] | None) -> None:
+    if config not in CONFIGS:
+        raise SystemExit(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
+    result: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix=f"repgeo-{config}-") as tmp:
+        env = fresh_env(Path(tmp), CONFIGS[config])
+        for nb in notebooks(names):
+            out = Path(tmp) / nb.name
+            seconds = execute(nb, out, env)
+            committed, new = (
+                checked_texts(nbformat.read(nb, 4)),
+                checked_texts(nbformat.read(out, 4)),
+            )
+            cells = {str(i): compare_text(committed[i], new.get(i, "")) for i in committed}
+            result[nb.stem] = {"seconds": round(seconds, 1), "cells": cells}
+            print(f"{config} {nb.stem}: {json.dumps(cells)}", flush=True)
+    merge(VARIATION_FILE, "kernel_paths", {config: {"machine": machine(), "notebooks": result}})
+
+
+# --- seeds -------------------------------------------------------------------------------------
+
+
+def run_seeds(seeds: list[int], names: list[str] | None) -> None:
+    collected: dict[str, dict[str, dict]] = {}
+    committed = ROOT / "figures" / "findings"
+    for seed in seeds:
+        with tempfile.TemporaryDirectory(prefix=f"repgeo-seed{seed}-") as tmp:
+            env = fresh_env(Path(tmp), {})
+            for nb in notebooks(names):
+                execute(nb, Path(tmp) / nb.name, env, {"SEED": str(seed)})
+                found = Path(env["REPGEO_FIGURES_DIR"]) / "findings" / f"{nb.stem}.json"
+                if found.exists():
+                    for name, item in json.loads(found.read_text())["findings"].items():
+                        collected.setdefault(nb.stem, {}).setdefault(name, {})[str(seed)] = item[
+                            "value"
+                        ]
+                print(f"seed {seed} {nb.stem} done", flush=True)
+    for stem, items in collected.items():  # the committed run is seed 0
+        path = committed / f"{stem}.json"
+        if path.exists():
+            for name, item in json.loads(path.read_text())["findings"].items():
+                items.setdefault(name, {})["0"] = item["value"]
+    merge(VARIATION_FILE, "seeds", collected)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="job", required=True)
+    times = sub.add_parser("times")
+    times.add_argument("--notebooks", nargs="*")
+    variation = sub.add_parser("variation")
+    variation.add_argument("--config", required=True, choices=sorted(CONFIGS))
+    variation.add_argument("--notebooks", nargs="*")
+    seeds = sub.add_parser("seeds")
+    seeds.add_argument("--seeds", nargs="+", type=int, required=True)
+    seeds.add_argument("--notebooks", nargs="*")
+    args = parser.parse_args()
+    if args.job == "times":
+        run_times(args.notebooks)
+    elif args.job == "variation":
+        run_variation(args.config, args.notebooks)
+    else:
+        run_seeds(args.seeds, args.notebooks)
+
+
+if __name__ == "__main__":
+    main()
