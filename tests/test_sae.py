@@ -1,4 +1,3 @@
-# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
 """Tests of repgeo_utils.sae: known answers on synthetic dictionaries and hand-made latents."""
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from torch import Tensor
 from repgeo_utils.sae import (
     SAEConfig,
     SparseAutoencoder,
-    _activation,
-    _grad_step,
     decoder_directions,
     evaluate_sae,
     fraction_of_variance_unexplained,
@@ -32,6 +29,10 @@ from repgeo_utils.sae import (
     train_sae,
     train_sae_on_activations,
 )
+from repgeo_utils.sae import cached as sae_cached
+from repgeo_utils.sae import training as sae_training
+from repgeo_utils.sae.model import _activation
+from repgeo_utils.sae.training import _grad_step
 
 
 def sparse_dictionary_data(
@@ -144,16 +145,14 @@ def test_hand_written_gradients_match_autograd(sparse):
 def test_sparse_route_trains_like_dense_route(synthetic, settings, monkeypatch):
     """On the CPU, steps with few active latents take the sparse route; the same training
     forced onto the dense route ends at the same weights (up to float rounding)."""
-    import repgeo_utils.sae as sae_module
-
     x, _ = synthetic
     config = SAEConfig(d_in=32, d_sae=128, epochs=4, batch_size=128, lr=3e-3, **settings)
-    monkeypatch.setattr(sae_module, "SPARSE_DENSITY", 0.25)  # sparse below 32 active latents
+    monkeypatch.setattr(sae_training, "SPARSE_DENSITY", 0.25)  # sparse below 32 active latents
     sparse, history = train_sae(config, x[:8000], progress=False)
     assert sum(v < 32 for v in history.step_l0) > 50  # many steps ran sparse
     if config.architecture == "topk":
         assert max(history.step_l0) <= 4
-    monkeypatch.setattr(sae_module, "SPARSE_DENSITY", 0.0)
+    monkeypatch.setattr(sae_training, "SPARSE_DENSITY", 0.0)
     dense, dense_history = train_sae(config, x[:8000], progress=False)
     torch.testing.assert_close(sparse.W_dec, dense.W_dec, rtol=0, atol=1e-4)
     torch.testing.assert_close(sparse.W_enc, dense.W_enc, rtol=0, atol=1e-4)
@@ -482,15 +481,13 @@ def tiny_activations(tiny_bert):
 
 
 def test_train_sae_on_activations_streams_and_caches(tiny_activations, monkeypatch):
-    import repgeo_utils.sae as sae_module
-
     acts = tiny_activations
     assert len(acts.meta["shards"]) > 1
     config = SAEConfig(d_in=16, d_sae=32, epochs=2, batch_size=64)
     calls = []
-    real_train = sae_module._train_on_source
+    real_train = sae_cached.train_on_source
     monkeypatch.setattr(
-        sae_module, "_train_on_source", lambda *a, **k: calls.append(1) or real_train(*a, **k)
+        sae_cached, "train_on_source", lambda *a, **k: calls.append(1) or real_train(*a, **k)
     )
     first = train_sae_on_activations(acts, -1, config, progress=False)
     held_out_tokens = int(acts.lengths[first.eval_texts].sum())

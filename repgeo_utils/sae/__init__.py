@@ -1,0 +1,78 @@
+"""Sparse autoencoders (SAEs) on layer activations: the model, training, metrics, features,
+save/load and SAEs trained on cached activations.
+
+``from repgeo_utils import sae`` gives the whole public API (``sae.train_sae``,
+``sae.SAEConfig.preset``, ``sae.match_features``, ...); the modules say where each part lives:
+
+- :mod:`~repgeo_utils.sae.model`: :class:`SAEConfig`, :data:`PRESETS`, :class:`SparseAutoencoder`;
+- :mod:`~repgeo_utils.sae.sources`: what activations an SAE can read (matrix, shards, stream);
+- :mod:`~repgeo_utils.sae.training`: :func:`train_sae` (hand-written gradients, sparse CPU route);
+- :mod:`~repgeo_utils.sae.metrics`: :class:`SAEMetrics`, :func:`evaluate_sae`, FVU, sparsity;
+- :mod:`~repgeo_utils.sae.features`: latent statistics, top features and tokens, matching;
+- :mod:`~repgeo_utils.sae.io`: :func:`save_sae`, :func:`load_sae`;
+- :mod:`~repgeo_utils.sae.cached`: :func:`train_sae_on_activations` and its cache key;
+- :mod:`~repgeo_utils.sae.grid`: the task x depth x model grid of notebooks 03 and 04 (import it
+  as ``from repgeo_utils.sae import grid``; it needs fine-tuning and activation extraction, so
+  ``import repgeo_utils.sae`` does not load it).
+"""
+
+from .cached import TrainedSAE, sae_cache_key, split_texts, train_sae_on_activations
+from .features import (
+    FeatureMatch,
+    LatentStatistics,
+    TokenActivation,
+    decoder_directions,
+    latent_statistics,
+    latent_variance,
+    match_features,
+    top_activating_tokens,
+    top_variance_features,
+)
+from .io import CONFIG_FILE, FORMAT, WEIGHTS_FILE, load_sae, save_sae
+from .metrics import (
+    SAEMetrics,
+    SparsityStats,
+    encode_batches,
+    evaluate_sae,
+    fraction_of_variance_unexplained,
+    sparsity_stats,
+)
+from .model import PRESETS, Architecture, SAEConfig, SparseAutoencoder, TrainOn
+from .sources import ActivationSource, RowSelection
+from .training import TrainHistory, train_sae
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "PRESETS",
+    "WEIGHTS_FILE",
+    "ActivationSource",
+    "Architecture",
+    "FeatureMatch",
+    "LatentStatistics",
+    "RowSelection",
+    "SAEConfig",
+    "SAEMetrics",
+    "SparseAutoencoder",
+    "SparsityStats",
+    "TokenActivation",
+    "TrainHistory",
+    "TrainOn",
+    "TrainedSAE",
+    "decoder_directions",
+    "encode_batches",
+    "evaluate_sae",
+    "fraction_of_variance_unexplained",
+    "latent_statistics",
+    "latent_variance",
+    "load_sae",
+    "match_features",
+    "sae_cache_key",
+    "save_sae",
+    "sparsity_stats",
+    "split_texts",
+    "top_activating_tokens",
+    "top_variance_features",
+    "train_sae",
+    "train_sae_on_activations",
+]
