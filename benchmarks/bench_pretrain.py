@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from repgeo_utils import pretrain as P
+from repgeo_utils import lm
 
 log = logging.getLogger("bench_pretrain")
 
@@ -36,9 +36,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "pretrain.json"
 
 #: The settings benchmarked: the quick and longer settings recommended in
 #: benchmarks/pretraining_phase_search.md, and the 1.8M-parameter model measured while planning.
-SETTINGS: dict[str, P.PretrainConfig] = {
-    **P.PRETRAIN_SETTINGS,
-    "planning-1.8M": P.PretrainConfig(
+SETTINGS: dict[str, lm.PretrainConfig] = {
+    **lm.PRETRAIN_SETTINGS,
+    "planning-1.8M": lm.PretrainConfig(
         num_layers=4,
         hidden_size=128,
         num_heads=4,
@@ -61,27 +61,27 @@ def gemm_flops(m: int, k: int, n: int, seconds: float = 1.0) -> float:
     return 2.0 * m * k * n * reps / (time.perf_counter() - start)
 
 
-def flops_per_token(config: P.PretrainConfig, matmul_params: int) -> float:
+def flops_per_token(config: lm.PretrainConfig, matmul_params: int) -> float:
     """Training FLOPs per token: 6 N plus the attention term 6 L n_ctx d."""
     attention = 6 * config.num_layers * config.context_length * config.hidden_size
     return 6.0 * matmul_params + attention
 
 
-def measure(config: P.PretrainConfig, steps: int, warmup: int) -> dict:
+def measure(config: lm.PretrainConfig, steps: int, warmup: int) -> dict:
     """Tokens/s of the real training step (``pretrain.train_step``) on real batches."""
-    data = P.prepare_corpus(config)
+    data = lm.prepare_corpus(config)
     tokenizer = data.load_tokenizer()
-    model = P.build_model(config, vocab_size=len(tokenizer))
-    optimizer = P.make_optimizer(model, config)
-    batches = P.TokenBatches(data.train_ids, config.context_length, config.batch_size, 0)
+    model = lm.build_model(config, vocab_size=len(tokenizer))
+    optimizer = lm.make_optimizer(model, config)
+    batches = lm.TokenBatches(data.train_ids, config.context_length, config.batch_size, 0)
     for step in range(warmup):
-        P.train_step(model, optimizer, batches.batch(step), config.grad_clip)
+        lm.train_step(model, optimizer, batches.batch(step), config.grad_clip)
     start = time.perf_counter()
     for step in range(warmup, warmup + steps):
-        P.train_step(model, optimizer, batches.batch(step), config.grad_clip)
+        lm.train_step(model, optimizer, batches.batch(step), config.grad_clip)
     seconds = time.perf_counter() - start
-    params = P.count_parameters(model)
-    matmul_params = P.count_parameters(model, non_embedding=True)
+    params = lm.count_parameters(model)
+    matmul_params = lm.count_parameters(model, non_embedding=True)
     tokens = steps * config.tokens_per_step
     return {
         "parameters": params,

@@ -20,8 +20,8 @@ import platform
 import time
 from pathlib import Path
 
+from repgeo_utils import lm
 from repgeo_utils import posttrain as PT
-from repgeo_utils import pretrain as P
 
 RESULTS = Path(__file__).resolve().parent / "results" / "posttrain_seeds.json"
 
@@ -81,8 +81,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    base = P.pretrain(P.PRETRAIN_SETTINGS["quick"], num_threads=1, progress=False)
-    probe = P.probe_texts(base.holdout_texts, n=1024)
+    base = lm.pretrain(lm.PRETRAIN_SETTINGS["quick"], num_threads=1, progress=False)
+    probe = lm.probe_texts(base.holdout_texts, n=1024)
     quick = dataclasses.replace(PT.POSTTRAIN_SETTINGS["quick"], base_model=str(base.run_folder))
     runs = []
     for seed in args.seeds:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from repgeo_utils import pretrain as P
+from repgeo_utils import lm
 
 log = logging.getLogger("explore_pretraining_phases")
 
@@ -74,14 +74,14 @@ def main() -> None:
     logging.getLogger("repgeo_utils.cache").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
 
-    config = P.PretrainConfig(**parse_overrides(args.set))
+    config = lm.PretrainConfig(**parse_overrides(args.set))
     budget = args.minutes * 60
     start = time.perf_counter()
     step = 0
     result = None
     while True:
         step = min(config.steps, step + args.chunk)
-        result = P.pretrain(config, root=args.root, stop_at_step=step, progress=False)
+        result = lm.pretrain(config, root=args.root, stop_at_step=step, progress=False)
         if result.complete or step >= config.steps:
             break
         if time.perf_counter() - start > budget:
@@ -89,10 +89,10 @@ def main() -> None:
             break
     train_seconds = time.perf_counter() - start
     assert result is not None
-    probes = P.probe_texts(
+    probes = lm.probe_texts(
         result.holdout_texts, n=args.probes, max_words=args.max_words, seed=config.corpus_seed
     )
-    sweep = P.sweep_checkpoints(
+    sweep = lm.sweep_checkpoints(
         result.run_folder,
         None,
         probes,

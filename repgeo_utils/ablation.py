@@ -125,8 +125,8 @@ def _check_texts(texts: Sequence[str], name: str) -> list[str]:
 
 
 def _causal_batches(tokenizer, texts, max_length: int, batch_size: int) -> list[dict]:
-    """Texts batched exactly as ``pretrain.last_token_features`` batches them."""
-    from .pretrain import causal_lm_batches
+    """Texts batched exactly as ``lm.last_token_features`` batches them."""
+    from .lm.sweeps import causal_lm_batches
 
     return [
         {"input_ids": ids, "attention_mask": mask}
@@ -179,14 +179,14 @@ def lm_loss_ablation(
 
     The eigenbasis is fitted on the final LayerNorm's output (:func:`final_representation_module`)
     at every real token of ``fit_texts``; the loss on ``eval_texts`` (tokenised, padded and
-    averaged over predicted tokens as in ``pretrain.last_token_features``) is then measured
+    averaged over predicted tokens as in ``lm.last_token_features``) is then measured
     without ablation and with the top-k directions kept / removed at every position. Returns
     :func:`spectral.ablation_sweep`'s table with the metric column ``loss``;
     ``attrs["n_fit_tokens"]`` is the number of fitting tokens.
     """
     import torch
 
-    from .pretrain import last_token_features
+    from .lm.sweeps import last_token_features
 
     fit_texts = _check_texts(fit_texts, "fit_texts")
     eval_texts = _check_texts(eval_texts, "eval_texts")

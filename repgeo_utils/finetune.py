@@ -170,7 +170,8 @@ RESULTS = "results.json"
 
 
 @contextmanager
-def _no_datasets_bars():
+def no_datasets_bars():
+    """Within the block ``datasets`` shows no progress bars (restored on leaving)."""
     import datasets
 
     enabled = datasets.is_progress_bar_enabled()
@@ -247,7 +248,7 @@ def finetune_task(
         def tokenize(batch):
             return tokenizer(batch["text"], truncation=True, max_length=settings.max_length)
 
-        with _no_datasets_bars():
+        with no_datasets_bars():
             tok = dataset.map(tokenize, batched=True, remove_columns=["text"])
             tok = tok.rename_column("label", "labels")
             tok = tok.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)

@@ -7,7 +7,7 @@ Tulu-3 recipe on Llama-3.1-8B: supervised fine-tuning and DPO expand the represe
 and RLVR raises pass@k at small k while the base model catches up or overtakes it at large k.
 This module runs the same three stages, with TRL's ``SFTTrainer``, ``DPOTrainer`` and
 ``GRPOTrainer``, on a model this machine can train: by default the small GPT-NeoX pretrained
-from scratch by :mod:`repgeo_utils.pretrain` (any causal LM in the hub's format works, e.g.
+from scratch by :mod:`repgeo_utils.lm` (any causal LM in the hub's format works, e.g.
 ``EleutherAI/pythia-160m`` in the paper profile).
 
 The stage data come from the offline classification tasks, so every answer can be checked:
@@ -25,7 +25,7 @@ The stage data come from the offline classification tasks, so every answer can b
 Each stage is a cache entry ``data/cache/posttrain/<stage>-<hash>/`` whose key chains the
 base model's weights, the data and every setting of this and the earlier stages; it holds the
 final weights and ``revisions/step<N>/`` on Pythia's checkpoint schedule (step 0 = the
-stage's starting point), so :func:`repgeo_utils.pretrain.sweep_checkpoints` measures it like a
+stage's starting point), so :func:`repgeo_utils.lm.sweep_checkpoints` measures it like a
 pretraining run. A stage is written to a temporary folder and renamed only when complete:
 an interrupted run keeps the finished stages and redoes only the interrupted one.
 """
@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from .cache import cache_entry, key_hash
 from .config import seed_everything
+from .lm.training import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class PosttrainConfig:
     """Everything that determines a post-training run (with the base model's weights, its
     cache key).
 
-    ``base_model`` is a run folder of :func:`repgeo_utils.pretrain.pretrain`, a registry key,
+    ``base_model`` is a run folder of :func:`repgeo_utils.lm.pretrain`, a registry key,
     hub id or local folder (``None``: the quick pretraining run, trained if needed).
     ``max_prompt_tokens`` cuts long texts so that prompt + answer fit ``max_length`` (the
     small LM's context is 64 tokens).
@@ -237,7 +238,7 @@ class PosttrainConfig:
             raise ValueError("Invalid PosttrainConfig: " + "; ".join(problems))
 
 
-#: ``quick``: the defaults (the small LM of ``pretrain.PRETRAIN_SETTINGS["quick"]``, about a
+#: ``quick``: the defaults (the small LM of ``lm.PRETRAIN_SETTINGS["quick"]``, about a
 #: minute for all three stages on one thread); ``tiny``: a few steps each, for tests.
 POSTTRAIN_SETTINGS: dict[str, PosttrainConfig] = {
     "quick": PosttrainConfig(),
@@ -352,7 +353,7 @@ def _base_identity(config: PosttrainConfig, progress: bool) -> tuple[str, str | 
 
     name, revision = config.base_model, config.base_revision
     if name is None:
-        from .pretrain import PRETRAIN_SETTINGS, pretrain
+        from .lm import PRETRAIN_SETTINGS, pretrain
 
         run = pretrain(PRETRAIN_SETTINGS["quick"], num_threads=1, progress=progress)
         name, revision = str(run.run_folder), None
@@ -365,35 +366,18 @@ def _base_identity(config: PosttrainConfig, progress: bool) -> tuple[str, str | 
     return name, revision, identity
 
 
-@contextmanager
-def _torch_threads(num_threads: int | None):
-    import torch
-
-    if num_threads is None:
-        yield
-        return
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be at least 1 or None, got {num_threads}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _checkpoint_callback(folder: Path, steps: list[int], tokenizer):
     """A TrainerCallback that writes ``revisions/step<N>/`` at the scheduled steps."""
     from transformers import TrainerCallback
 
-    from .pretrain import _save_revision
+    from .lm.checkpoints import save_revision
 
     wanted = set(steps)
 
     class SaveRevisions(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step in wanted and model is not None:
-                _save_revision(folder, state.global_step, model, tokenizer)
+                save_revision(folder, state.global_step, model, tokenizer)
             return control
 
     return SaveRevisions()
@@ -444,12 +428,12 @@ def _quiet_stage(progress: bool):
     that TRL's trainers trigger (``gradient_checkpointing`` renamed in transformers 5)."""
     import warnings
 
-    from .finetune import _no_datasets_bars
+    from .finetune import no_datasets_bars
 
     if progress:
         yield
         return
-    with _no_datasets_bars(), warnings.catch_warnings():
+    with no_datasets_bars(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
         yield
 
@@ -468,17 +452,22 @@ def _train_stage_inner(
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
+    from .lm.checkpoints import (
+        checkpoint_schedule,
+        quiet_progress_bars,
+        save_model_quietly,
+        save_revision,
+    )
     from .models import load_model
-    from .pretrain import _quiet_hf_progress, _save_quietly, _save_revision, checkpoint_schedule
 
     seed_everything(config.seed)
-    with _quiet_hf_progress():
+    with quiet_progress_bars():
         model, tokenizer = load_model(init[0], init[1], kind="causal-lm")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     settings = getattr(config, stage)
     steps = checkpoint_schedule(settings.steps, settings.checkpoint_every)
-    _save_revision(out, 0, model, tokenizer)
+    save_revision(out, 0, model, tokenizer)
     callback = _checkpoint_callback(out, steps, tokenizer)
     start = time.perf_counter()
     if stage == "sft":
@@ -504,7 +493,7 @@ def _train_stage_inner(
             beta=settings.beta,
             max_length=config.max_length,
         )
-        with _quiet_hf_progress():
+        with quiet_progress_bars():
             reference, _ = load_model(init[0], init[1], kind="causal-lm")
         trainer = DPOTrainer(
             model=model,
@@ -556,7 +545,7 @@ def _train_stage_inner(
                     f"learning rate ({settings.learning_rate})."
                 )
     trainer.model.eval()
-    _save_quietly(trainer.model, tokenizer, out)
+    save_model_quietly(trainer.model, tokenizer, out)
     shutil.rmtree(out / "trainer", ignore_errors=True)
     summary = {"stage": stage, "seconds": seconds, "steps": settings.steps, "log": history}
     (out / "stage.json").write_text(json.dumps(summary, indent=1))
@@ -578,7 +567,7 @@ class PosttrainResult:
     cached: dict[str, bool]
 
     def revisions(self, stage: str) -> list[str]:
-        from .pretrain import list_revisions
+        from .lm.checkpoints import list_revisions
 
         return list_revisions(self.stages[stage])
 
@@ -616,7 +605,7 @@ def posttrain(
         config = POSTTRAIN_SETTINGS[config]
     from .models import load_tokenizer
 
-    with _torch_threads(num_threads):
+    with torch_threads(num_threads):
         name, revision, identity = _base_identity(config, progress)
         tokenizer = load_tokenizer(name, revision)
         id_data = build_prompt_data(
@@ -841,7 +830,7 @@ def _stage_checkpoints(result: PosttrainResult) -> list[tuple[str, str, int]]:
     """(stage, revision, step) of every saved revision; a stage's step 0 is the previous
     stage's end, so it is listed once (under the earlier stage), except for SFT's step 0
     (the base model)."""
-    from .pretrain import revision_step
+    from .lm.checkpoints import revision_step
 
     out = []
     for i, stage in enumerate(STAGES):
@@ -865,7 +854,7 @@ def measure_posttraining(
     """Measure every saved checkpoint of a post-training run.
 
     - RankMe (covariance and singular variants) and alpha-ReQ of the final layer's
-      last-token states, via :func:`repgeo_utils.pretrain.sweep_checkpoints`, on ``probe``
+      last-token states, via :func:`repgeo_utils.lm.sweep_checkpoints`, on ``probe``
       (held-out running text, as for pretraining) and on the ID test prompts (the state that
       predicts the answer); the LM loss on ``probe``;
     - ID and OOD answer NLL and greedy accuracy (:func:`evaluate_model`) on up to
@@ -878,8 +867,9 @@ def measure_posttraining(
     The whole table is cached (key: the stage folders' keys, the probe texts, the settings).
     """
     from .cache import read_meta
+    from .lm.checkpoints import quiet_progress_bars, revision_step
+    from .lm.sweeps import sweep_checkpoints
     from .models import load_model
-    from .pretrain import _quiet_hf_progress, revision_step, sweep_checkpoints
 
     if not probe:
         raise ValueError("measure_posttraining needs probe texts.")
@@ -917,7 +907,7 @@ def measure_posttraining(
             for position, (stage, rev, step) in enumerate(
                 tqdm(checkpoints, desc="measure checkpoints", disable=not progress, leave=False)
             ):
-                with _quiet_hf_progress():
+                with quiet_progress_bars():
                     model, tokenizer = load_model(result.stages[stage], rev, kind="causal-lm")
                 rows.append(
                     {
@@ -932,7 +922,7 @@ def measure_posttraining(
                 )
             counts: dict[str, list[int]] = {}
             for stage, step in points:
-                with _quiet_hf_progress():
+                with quiet_progress_bars():
                     model, tokenizer = load_model(
                         result.stages[stage], f"step{step}", kind="causal-lm"
                     )

@@ -292,7 +292,7 @@ LM_TEXTS = [
 def tiny_lm():
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from repgeo_utils.pretrain import train_tokenizer
+    from repgeo_utils.lm import train_tokenizer
 
     tokenizer = train_tokenizer(LM_TEXTS * 3, vocab_size=300)
     torch.manual_seed(0)

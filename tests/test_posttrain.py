@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from repgeo_utils import lm
 from repgeo_utils import posttrain as PT
-from repgeo_utils import pretrain as P
 from repgeo_utils.models import load_model
 
 # --- pass@k ------------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def test_unknown_setting_name_fails_clearly():
 
 
 #: a tiny base LM: 1 layer, hidden 16, context 64 (room for the prompts), 6 steps.
-TINY_BASE = P.PretrainConfig(
+TINY_BASE = lm.PretrainConfig(
     seed=1,
     vocab_size=300,
     num_layers=1,
@@ -146,7 +146,7 @@ def tiny_run(tmp_path_factory):
         mp.setenv("REPGEO_DATA_DIR", str(root))
         mp.setenv("HF_HUB_OFFLINE", "1")
         threads = torch.get_num_threads()
-        base = P.pretrain(TINY_BASE, num_threads=1, progress=False)
+        base = lm.pretrain(TINY_BASE, num_threads=1, progress=False)
         config = dataclasses.replace(PT.POSTTRAIN_SETTINGS["tiny"], base_model=str(base.run_folder))
         result = PT.posttrain(config, progress=False)
         assert torch.get_num_threads() == threads  # restored
@@ -197,7 +197,7 @@ def test_each_stage_writes_loadable_checkpoints_chained_to_the_previous_stage(ti
     for stage in PT.STAGES:
         settings = getattr(config, stage)
         expected = [
-            f"step{s}" for s in P.checkpoint_schedule(settings.steps, 2 if stage != "sft" else 3)
+            f"step{s}" for s in lm.checkpoint_schedule(settings.steps, 2 if stage != "sft" else 3)
         ]
         assert result.revisions(stage) == expected
         for rev in expected:
@@ -292,7 +292,7 @@ def test_answer_nll_is_minus_log_probability_of_answer_and_eos(tiny_run):
 def test_measurements_cover_every_checkpoint_with_bounded_metrics(tiny_run, monkeypatch):
     root, base, config, result = tiny_run
     monkeypatch.setenv("REPGEO_DATA_DIR", str(root))
-    probe = P.probe_texts(base.holdout_texts, n=40, max_words=20)
+    probe = lm.probe_texts(base.holdout_texts, n=40, max_words=20)
     m = PT.measure_posttraining(result, probe, n_samples=4, max_eval_rows=8, progress=False)
     t = m.trajectory
     # SFT's revisions, then DPO's and RL's without their step 0 (= the previous stage's end)
@@ -341,7 +341,7 @@ def test_notebook_08_figures_draw_from_the_measurements(tiny_run, monkeypatch, t
 
     root, base, _, result = tiny_run
     monkeypatch.setenv("REPGEO_DATA_DIR", str(root))
-    probe = P.probe_texts(base.holdout_texts, n=40, max_words=20)
+    probe = lm.probe_texts(base.holdout_texts, n=40, max_words=20)
     m = PT.measure_posttraining(result, probe, n_samples=4, max_eval_rows=8, progress=False)
     fig = plotting.plot_posttrain_trajectory(
         m.trajectory,

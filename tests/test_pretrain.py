@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from repgeo_utils import pretrain as P
+from repgeo_utils import lm
+from repgeo_utils.lm.sweeps import _resolve_layers
 from repgeo_utils.models import ModelNotFoundError, load_model
 
 #: A few-second run: 1 layer, hidden 16, 300-token vocabulary, 6 steps, 60 documents a source.
-TINY = P.PretrainConfig(
+TINY = lm.PretrainConfig(
     seed=3,
     vocab_size=300,
     num_layers=1,
@@ -59,20 +60,20 @@ def _assert_same_weights(a, b) -> None:
 
 
 def test_checkpoint_schedule_is_pythias():
-    revisions = P.pythia_revisions()
+    revisions = lm.pythia_revisions()
     assert len(revisions) == 154  # step0, 10 powers of two, 143 thousands
     assert revisions[:12] == [
         "step0", "step1", "step2", "step4", "step8", "step16", "step32", "step64",
         "step128", "step256", "step512", "step1000",
     ]  # fmt: skip
     assert revisions[-1] == "step143000"
-    assert P.checkpoint_schedule(6, 4) == [0, 1, 2, 4, 6]
-    assert P.checkpoint_schedule(600, 250) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 250, 256, 500, 512,
+    assert lm.checkpoint_schedule(6, 4) == [0, 1, 2, 4, 6]
+    assert lm.checkpoint_schedule(600, 250) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 250, 256, 500, 512,
                                                600]  # fmt: skip
 
 
 def test_learning_rate_warmup_then_cosine():
-    cfg = P.PretrainConfig(
+    cfg = lm.PretrainConfig(
         steps=100, warmup_fraction=0.1, learning_rate=1e-3, min_lr_ratio=0.1, cosine_decay=True
     )
     assert cfg.warmup_steps == 10
@@ -83,7 +84,7 @@ def test_learning_rate_warmup_then_cosine():
     assert cfg.lr_at(100) == pytest.approx(1e-4)
     lrs = [cfg.lr_at(s) for s in range(10, 100)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
-    flat = P.PretrainConfig(steps=100, warmup_fraction=0.1, cosine_decay=False)
+    flat = lm.PretrainConfig(steps=100, warmup_fraction=0.1, cosine_decay=False)
     assert flat.lr_at(99) == flat.learning_rate
 
 
@@ -102,20 +103,20 @@ def test_learning_rate_warmup_then_cosine():
 )
 def test_bad_configs_fail_clearly(overrides, message):
     with pytest.raises(ValueError, match=message):
-        P.PretrainConfig(**overrides)
+        lm.PretrainConfig(**overrides)
 
 
 def test_bad_stop_step_and_layers_fail_clearly(data_dir):
     with pytest.raises(ValueError, match="stop_at_step"):
-        P.pretrain(TINY, stop_at_step=TINY.steps + 1, progress=False)
+        lm.pretrain(TINY, stop_at_step=TINY.steps + 1, progress=False)
     with pytest.raises(ValueError, match="out of range"):
-        P._resolve_layers([5], num_layers=2)
+        _resolve_layers([5], num_layers=2)
 
 
 def test_corpus_holds_out_a_fixed_seeded_set():
-    a = P.build_corpus(holdout_fraction=0.1, seed=1, max_documents=50)
-    b = P.build_corpus(holdout_fraction=0.1, seed=1, max_documents=50)
-    c = P.build_corpus(holdout_fraction=0.1, seed=2, max_documents=50)
+    a = lm.build_corpus(holdout_fraction=0.1, seed=1, max_documents=50)
+    b = lm.build_corpus(holdout_fraction=0.1, seed=1, max_documents=50)
+    c = lm.build_corpus(holdout_fraction=0.1, seed=2, max_documents=50)
     assert a.holdout_texts == b.holdout_texts
     assert a.holdout_texts != c.holdout_texts
     assert not set(a.holdout_texts) & set(a.train_texts)
@@ -126,8 +127,8 @@ def test_corpus_holds_out_a_fixed_seeded_set():
 
 def test_probe_texts_are_seeded_word_prefixes():
     docs = [" ".join(f"w{i}" for i in range(200)), "a short tweet here"]
-    probes = P.probe_texts(docs, n=50, min_words=10, max_words=20, seed=0)
-    assert probes == P.probe_texts(docs, n=50, min_words=10, max_words=20, seed=0)
+    probes = lm.probe_texts(docs, n=50, min_words=10, max_words=20, seed=0)
+    assert probes == lm.probe_texts(docs, n=50, min_words=10, max_words=20, seed=0)
     for text in probes:
         words = text.split()
         assert text == "a short tweet here" or 10 <= len(words) <= 20
@@ -136,8 +137,8 @@ def test_probe_texts_are_seeded_word_prefixes():
 
 def test_token_batches_are_a_pure_function_of_step():
     ids = np.arange(1000, dtype=np.uint16)
-    a = P.TokenBatches(ids, context_length=10, batch_size=7, seed=0)
-    b = P.TokenBatches(ids, context_length=10, batch_size=7, seed=0)
+    a = lm.TokenBatches(ids, context_length=10, batch_size=7, seed=0)
+    b = lm.TokenBatches(ids, context_length=10, batch_size=7, seed=0)
     assert torch.equal(a.batch(30), b.batch(30))  # b never saw steps 0..29
     assert torch.equal(a.batch(3), b.batch(3))
     first_epoch = torch.cat([a.batch(s) for s in range(a.windows_per_epoch // 7)])
@@ -147,11 +148,11 @@ def test_token_batches_are_a_pure_function_of_step():
 
 
 def test_tiny_run_writes_revisions_that_load_like_hub_revisions(data_dir):
-    result = P.pretrain(TINY, progress=False)
+    result = lm.pretrain(TINY, progress=False)
     folder = result.run_folder
     assert folder.is_relative_to(data_dir / "cache" / "pretrain")
-    assert result.complete and P.is_run_complete(folder, TINY)
-    assert P.list_revisions(folder) == ["step0", "step1", "step2", "step4", "step6"]
+    assert result.complete and lm.is_run_complete(folder, TINY)
+    assert lm.list_revisions(folder) == ["step0", "step1", "step2", "step4", "step6"]
     assert [row["step"] for row in result.train_log] == list(range(1, 7))
 
     init, tokenizer = load_model(folder, revision="step0", kind="causal-lm")
@@ -163,30 +164,30 @@ def test_tiny_run_writes_revisions_that_load_like_hub_revisions(data_dir):
         init.get_output_embeddings().weight, final.get_output_embeddings().weight
     )
     _assert_same_weights(final, main)
-    fresh = P.build_model(TINY, vocab_size=len(tokenizer))
+    fresh = lm.build_model(TINY, vocab_size=len(tokenizer))
     _assert_same_weights(init, fresh)  # step0 is the seeded initialisation
     assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token_id == 1
     assert len(tokenizer) == TINY.vocab_size
 
     with pytest.raises(ModelNotFoundError, match="no revision 'step3'"):
         load_model(folder, revision="step3", kind="causal-lm")
-    again = P.pretrain(TINY, progress=False)  # complete: reused, nothing trained
+    again = lm.pretrain(TINY, progress=False)  # complete: reused, nothing trained
     assert again.complete and again.tokens_per_second is None
 
 
 def test_interrupted_run_resumes_to_identical_weights(data_dir, tmp_path):
-    whole = P.pretrain(TINY, root=tmp_path / "whole", progress=False)
+    whole = lm.pretrain(TINY, root=tmp_path / "whole", progress=False)
 
-    part = P.pretrain(TINY, root=tmp_path / "split", stop_at_step=3, progress=False)
+    part = lm.pretrain(TINY, root=tmp_path / "split", stop_at_step=3, progress=False)
     assert not part.complete
-    assert not P.is_run_complete(part.run_folder, TINY)
-    assert not P.is_run_complete(part.run_folder)
+    assert not lm.is_run_complete(part.run_folder, TINY)
+    assert not lm.is_run_complete(part.run_folder)
     assert not (part.run_folder / "meta.json").exists()
-    assert P.list_revisions(part.run_folder) == ["step0", "step1", "step2"]
+    assert lm.list_revisions(part.run_folder) == ["step0", "step1", "step2"]
     with pytest.raises(ModelNotFoundError):  # no main weights until the run is complete
         load_model(part.run_folder, kind="causal-lm")
 
-    resumed = P.pretrain(TINY, root=tmp_path / "split", progress=False)
+    resumed = lm.pretrain(TINY, root=tmp_path / "split", progress=False)
     assert resumed.complete and resumed.run_folder == part.run_folder
     assert resumed.revisions == whole.revisions
     assert [r["loss"] for r in resumed.train_log] == [r["loss"] for r in whole.train_log]
@@ -197,9 +198,9 @@ def test_interrupted_run_resumes_to_identical_weights(data_dir, tmp_path):
 
 
 def test_sweep_gives_last_token_states_and_loss(data_dir):
-    result = P.pretrain(TINY, progress=False)
-    texts = P.probe_texts(result.holdout_texts, n=40, min_words=3, max_words=12, seed=0)
-    sweep = P.sweep_checkpoints(
+    result = lm.pretrain(TINY, progress=False)
+    texts = lm.probe_texts(result.holdout_texts, n=40, min_words=3, max_words=12, seed=0)
+    sweep = lm.sweep_checkpoints(
         result.run_folder, ["step0", "step6"], texts, layers="all", progress=False
     )  # fmt: skip
     assert sweep.layers == [0, 1]
@@ -225,12 +226,12 @@ def test_sweep_gives_last_token_states_and_loss(data_dir):
             ref = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1]
             np.testing.assert_allclose(final[i], ref.numpy(), rtol=1e-4, atol=1e-5)
 
-    cached = P.sweep_checkpoints(
+    cached = lm.sweep_checkpoints(
         result.run_folder, ["step6"], texts, layers="all", spectral_metrics=False, progress=False
     )  # fmt: skip
     np.testing.assert_array_equal(cached.revisions[0].features[1], final)
     meta = json.loads((result.run_folder / "meta.json").read_text())
-    assert meta["complete"] is True and meta["revisions"] == P.list_revisions(result.run_folder)
+    assert meta["complete"] is True and meta["revisions"] == lm.list_revisions(result.run_folder)
 
 
 def test_recommended_settings_and_trajectory_plots(tmp_path):
@@ -241,8 +242,8 @@ def test_recommended_settings_and_trajectory_plots(tmp_path):
 
     from repgeo_utils import plotting, spectral
 
-    assert P.PRETRAIN_SETTINGS["quick"] == P.PretrainConfig()
-    assert P.PRETRAIN_SETTINGS["longer"].hidden_size > P.PRETRAIN_SETTINGS["quick"].hidden_size
+    assert lm.PRETRAIN_SETTINGS["quick"] == lm.PretrainConfig()
+    assert lm.PRETRAIN_SETTINGS["longer"].hidden_size > lm.PRETRAIN_SETTINGS["quick"].hidden_size
     steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000]
     rankme = [20, 20, 19, 18, 12, 6, 5, 8, 12, 16, 19, 20, 18, 16]
     table = pd.DataFrame(
@@ -258,3 +259,18 @@ def test_recommended_settings_and_trajectory_plots(tmp_path):
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["embeddings", "layer 2"]
     with pytest.raises(ValueError, match="lacks columns"):
         plotting.plot_checkpoint_trajectory(table, metrics=("rankme_singular",))
+
+
+def test_old_import_path_still_works_and_warns():
+    import importlib
+    import sys
+
+    sys.modules.pop("repgeo_utils.pretrain", None)
+    with pytest.warns(DeprecationWarning, match=r"repgeo_utils\.lm"):
+        old = importlib.import_module("repgeo_utils.pretrain")
+    assert old.pretrain is lm.pretrain and old.PRETRAIN_SETTINGS is lm.PRETRAIN_SETTINGS
+    from repgeo_utils.pretrain import sweep_checkpoints
+
+    assert sweep_checkpoints is lm.sweep_checkpoints
+    with pytest.raises(AttributeError, match="moved to repgeo_utils.lm"):
+        old.no_such_name  # noqa: B018
