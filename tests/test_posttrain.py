@@ -14,6 +14,7 @@ import torch
 from repgeo_utils import lm
 from repgeo_utils import posttrain as PT
 from repgeo_utils.models import load_model
+from repgeo_utils.posttrain.tasks import _fit_prompt
 
 # --- pass@k ------------------------------------------------------------------------------------
 
@@ -168,7 +169,7 @@ def test_prompt_data_fits_the_context_and_keeps_the_labels(tiny_run):
     assert result.ood_data.test[0]["prompt"].startswith("Tweet: ")
     # a prompt that has to be cut loses words at the end, never the template
     long_text = " ".join(["markets"] * 200)
-    cut = PT._fit_prompt(tokenizer, PT.PROMPT_TASKS["bbc-news"], long_text, 20)
+    cut = _fit_prompt(tokenizer, PT.PROMPT_TASKS["bbc-news"], long_text, 20)
     assert cut.endswith("\nTopic:") and len(tokenizer(cut)["input_ids"]) <= 20
 
 
@@ -412,3 +413,12 @@ def test_change_direction_and_stage_summary_by_hand():
     assert s.loc["DPO", "start"] == 12.0 and s.loc["DPO", "direction"] == "no clear change"
     assert s.loc["RL (GRPO)", "change"] == pytest.approx(8.0 - 12.1)
     assert s.loc["RL (GRPO)", "direction"] == "down"
+
+
+def test_each_stage_is_built_by_one_entry_of_the_builder_table(tmp_path):
+    from repgeo_utils.posttrain import stages
+
+    assert tuple(PT.TRAINER_BUILDERS) == PT.STAGES
+    assert PT.TRAINER_BUILDERS["rl"] is PT.build_rl
+    with pytest.raises(ValueError, match="Unknown stage 'ppo'; stages are sft, dpo, rl"):
+        stages._train_stage("ppo", ("unused", None), PT.PosttrainConfig(), None, tmp_path, False)
