@@ -1,4 +1,3 @@
-# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
 """Spectral geometry of representations: eigenspectrum, RankMe, alpha-ReQ, phases.
 
 Paper 2 (Li et al., 2025, section 2.1) measures the geometry of a set of representations
@@ -20,20 +19,20 @@ streamed in batches. ``segment_phases`` labels the warmup, entropy-seeking and
 compression-seeking stretches of a trajectory (paper 2, section 3.1). ``layer_spectra``
 tabulates both metrics for every layer of an ``activations.ActivationSet``.
 
-Eigen-direction ablation (paper 2, Table 2): ``fit_eigenbasis`` gives the eigenvectors of a
-representation's covariance, ``eigen_ablation`` projects a torch module's output onto its
-top-k directions (or removes them) through a forward hook, and ``ablation_sweep`` tabulates a
-metric over k.
+Arrays in, numbers out: the eigen-direction ablation that acts inside a model's forward pass
+(``fit_eigenbasis``, ``eigen_ablation``, ``ablation_sweep``) lives in
+:mod:`repgeo_utils.ablation`; the old names here forward to it for one release, with a
+DeprecationWarning.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -60,7 +59,7 @@ PHASES: tuple[str, str, str] = ("warmup", "entropy-seeking", "compression-seekin
 # --- input checks --------------------------------------------------------------------------
 
 
-def _as_float_matrix(features, name: str = "features") -> np.ndarray:
+def as_float_matrix(features, name: str = "features") -> np.ndarray:
     """``features`` (NumPy array, torch tensor or nested list) as a checked 2-D float array.
 
     Float32 and float64 arrays are passed through without a copy; the callers compute in
@@ -126,7 +125,8 @@ def _symmetric_eigenvalues(matrix: np.ndarray) -> np.ndarray:
     Reads only the lower triangle (LAPACK syevd, eigenvalues only).
     """
     if matrix.shape[0] >= TORCH_EIGH_MIN_SIZE:
-        import torch
+        # torch is loaded only for large matrices: spectral itself stays light to import
+        import torch  # noqa: PLC0415
 
         values = torch.linalg.eigvalsh(torch.from_numpy(matrix), UPLO="L").numpy()
     else:
@@ -166,7 +166,7 @@ def eigenspectrum(
 
     Accepts a NumPy array or a torch tensor of any float dtype.
     """
-    x = _as_float_matrix(features)
+    x = as_float_matrix(features)
     n, d = x.shape
     if max_eigenvalues is not None and max_eigenvalues < 1:
         raise ValueError(f"max_eigenvalues must be at least 1, got {max_eigenvalues}")
@@ -215,7 +215,7 @@ class CovarianceAccumulator:
 
     def update(self, batch: Float[np.ndarray, "batch features"]) -> CovarianceAccumulator:
         """Add the rows of ``batch``; returns ``self`` so calls can be chained."""
-        x = _as_float_matrix(batch, name="batch")
+        x = as_float_matrix(batch, name="batch")
         m, d = x.shape
         if self._mean is not None and d != self._mean.shape[0]:
             raise ValueError(
@@ -423,7 +423,7 @@ def bootstrap_ci(
     the raw quantiles ``[q_low, q_high]`` of the resampled statistic. ``bias`` reports the
     size of the effect.
     """
-    x = _as_float_matrix(features)
+    x = as_float_matrix(features)
     if n_resamples < 2:
         raise ValueError(f"n_resamples must be at least 2, got {n_resamples}")
     if not 0 < confidence < 1:
@@ -873,8 +873,8 @@ def paired_subsamples(
     variance of a size-m estimate carries the factor (n - m) / n). Their *level* is that of
     a statistic at half the sample size: read the spread of ``b - a``, not its values.
     """
-    a = _as_float_matrix(features_a, "features_a")
-    b = _as_float_matrix(features_b, "features_b")
+    a = as_float_matrix(features_a, "features_a")
+    b = as_float_matrix(features_b, "features_b")
     if a.shape[0] != b.shape[0]:
         raise ValueError(
             f"features_a and features_b must hold the same (paired) samples: "
@@ -896,299 +896,30 @@ def paired_subsamples(
     return np.asarray(values, dtype=np.float64)
 
 
-# --- eigen-direction ablation ----------------------------------------------------------------
+#: Names that moved to :mod:`repgeo_utils.ablation` (the forward-hook ablation).
+_MOVED_TO_ABLATION = frozenset(
+    {
+        "ABLATION_COLUMNS",
+        "ABLATION_MODES",
+        "AblationHook",
+        "AblationMode",
+        "EigenBasis",
+        "ablation_sweep",
+        "eigen_ablation",
+        "fit_eigenbasis",
+    }
+)
 
-AblationMode = Literal["keep", "remove"]
 
-#: The two projections of :meth:`EigenBasis.projector`.
-ABLATION_MODES: tuple[str, str] = ("keep", "remove")
-
-
-def _check_k(k, dim: int) -> int:
-    """``k`` as a Python int in ``[0, dim]``, or a ValueError naming ``dim``."""
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise ValueError(f"k must be an integer in [0, {dim}] (d = {dim}), got {k!r}.")
-    if not 0 <= int(k) <= dim:
-        raise ValueError(
-            f"k must be in [0, {dim}]: the basis has d = {dim} eigen-directions, got k = {k}."
+def __getattr__(name: str) -> Any:
+    """``spectral.eigen_ablation`` and the other ablation names, forwarded with a warning."""
+    if name in _MOVED_TO_ABLATION:
+        warnings.warn(
+            f"repgeo_utils.spectral.{name} has moved to repgeo_utils.ablation.{name}; "
+            "this alias goes in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
         )
-    return int(k)
-
-
-def _check_ks(ks, dim: int) -> list[int]:
-    """A non-empty sequence of ``k`` values, each checked by ``_check_k``."""
-    if isinstance(ks, numbers.Integral):
-        ks = [ks]
-    ks = list(ks)
-    if not ks:
-        raise ValueError("ks is empty: give at least one number of eigen-directions.")
-    return [_check_k(k, dim) for k in ks]
-
-
-def _check_mode(mode) -> str:
-    if mode not in ABLATION_MODES:
-        raise ValueError(f"Unknown ablation mode {mode!r}; use 'keep' or 'remove'.")
-    return mode
-
-
-@dataclass(frozen=True, eq=False)
-class EigenBasis:
-    """Eigen-directions of a representation's centred covariance, from :func:`fit_eigenbasis`.
-
-    ``vectors[:, i]`` is the eigenvector of the ``i``-th largest eigenvalue (descending
-    ``eigenvalues``, covariance ``/(n - 1)``), with its largest-magnitude entry positive. With
-    fewer samples than dimensions the trailing eigenvalues are zero and their vectors are an
-    arbitrary orthonormal basis of the remaining space. All arrays are float64.
-    (``eq=False``: instances compare by identity, as arrays have no single truth value.)
-    """
-
-    mean: Float[np.ndarray, " d"]
-    vectors: Float[np.ndarray, "d d"]
-    eigenvalues: Float[np.ndarray, " d"]
-    n_samples: int
-
-    def __post_init__(self) -> None:
-        d = self.mean.shape[0] if self.mean.ndim == 1 else -1
-        if self.mean.ndim != 1 or self.vectors.shape != (d, d) or self.eigenvalues.shape != (d,):
-            raise ValueError(
-                f"EigenBasis needs mean (d,), vectors (d, d) and eigenvalues (d,), got "
-                f"{self.mean.shape}, {self.vectors.shape} and {self.eigenvalues.shape}."
-            )
-
-    @property
-    def dim(self) -> int:
-        """Dimension ``d`` of the representation."""
-        return int(self.mean.shape[0])
-
-    def projector(self, k: int, mode: AblationMode = "keep") -> Float[np.ndarray, "d d"]:
-        """The ``d x d`` orthogonal projector of an ablation, float64, symmetric, idempotent.
-
-        ``mode="keep"``: ``U_k U_k^T`` onto the top-``k`` eigen-directions (``k = 0`` gives the
-        zero matrix, ``k = d`` the identity). ``mode="remove"``: ``I - U_k U_k^T`` onto their
-        orthogonal complement (``k = 0`` is the identity, ``k = d`` zero).
-        """
-        k = _check_k(k, self.dim)
-        _check_mode(mode)
-        top = self.vectors[:, :k]
-        keep = top @ top.T
-        return keep if mode == "keep" else np.eye(self.dim) - keep
-
-    def apply(
-        self, x: Float[np.ndarray, "... d"], k: int, mode: AblationMode = "keep"
-    ) -> Float[np.ndarray, "... d"]:
-        """``mean + (x - mean) @ P`` for rows ``x`` (last axis ``d``), in float64.
-
-        The ablation acts on the centred representation: ``keep`` with ``k = 0`` (or
-        ``remove`` with ``k = d``) sends every row to the mean.
-        """
-        if hasattr(x, "detach"):
-            x = x.detach().cpu().float().numpy()
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 0 or x.shape[-1] != self.dim:
-            raise ValueError(
-                f"x must have d = {self.dim} entries along its last axis, got shape {x.shape}."
-            )
-        return self.mean + (x - self.mean) @ self.projector(k, mode)
-
-    def variance_fraction(self, k: int, mode: AblationMode = "keep") -> float:
-        """Fraction of the fitted variance the projection keeps (``sum(lambda[:k]) / total``
-        for ``keep``, the rest for ``remove``); NaN when the samples have no variance."""
-        k = _check_k(k, self.dim)
-        _check_mode(mode)
-        total = float(self.eigenvalues.sum())
-        if total <= 0:
-            return float("nan")
-        top = float(self.eigenvalues[:k].sum()) / total
-        return top if mode == "keep" else 1.0 - top
-
-
-def _orient(vectors: np.ndarray) -> np.ndarray:
-    """Flip each column so its largest-magnitude entry (first one on ties) is positive."""
-    rows = np.abs(vectors).argmax(axis=0)
-    signs = np.sign(vectors[rows, np.arange(vectors.shape[1])])
-    signs[signs == 0] = 1.0
-    return vectors * signs
-
-
-def fit_eigenbasis(
-    features: Float[np.ndarray, "samples d"], block_rows: int = 1 << 16
-) -> EigenBasis:
-    """Mean and covariance eigenvectors of the rows of ``features`` (e.g. token states).
-
-    The centred covariance (``/(n - 1)``) is accumulated in float64 block by block (so a
-    float32 token matrix is never copied whole to float64) and diagonalised with
-    ``numpy.linalg.eigh``, or ``torch.linalg.eigh`` from :data:`TORCH_EIGH_MIN_SIZE`
-    dimensions on. Eigenvalues are descending with round-off negatives set to zero;
-    eigenvectors follow the sign convention of :class:`EigenBasis`.
-    """
-    x = _as_float_matrix(features)
-    n, d = x.shape
-    if n < 2:
-        raise ValueError("A centred covariance needs at least 2 samples, got 1.")
-    acc = CovarianceAccumulator()
-    for lo in range(0, n, block_rows):
-        acc.update(x[lo : lo + block_rows])
-    covariance = acc.covariance()
-    if d >= TORCH_EIGH_MIN_SIZE:
-        import torch
-
-        values, vectors = (t.numpy() for t in torch.linalg.eigh(torch.from_numpy(covariance)))
-    else:
-        values, vectors = np.linalg.eigh(covariance)
-    values, vectors = values[::-1], vectors[:, ::-1]
-    log.debug("fit_eigenbasis: %d samples x %d dimensions", n, d)
-    return EigenBasis(
-        mean=acc.mean,
-        vectors=_orient(np.ascontiguousarray(vectors)),
-        eigenvalues=np.clip(values, 0.0, None).copy(),
-        n_samples=int(n),
-    )
-
-
-@dataclass
-class AblationHook:
-    """What :func:`eigen_ablation` yields: the ablation and how often the hook has fired."""
-
-    k: int
-    mode: str
-    projector: Float[np.ndarray, "d d"]
-    calls: int = 0
-
-
-@contextmanager
-def eigen_ablation(
-    module, basis: EigenBasis, k: int, mode: AblationMode = "keep"
-) -> Iterator[AblationHook]:
-    """Within the block, ``module``'s output ``h`` (shape ``(..., d)``) is replaced by
-    ``mean + (h - mean) @ P`` with ``P = basis.projector(k, mode)``.
-
-    ``module`` is a torch ``nn.Module``; the projection is computed in ``h``'s dtype and on
-    its device. A module returning a tuple (a Hugging Face transformer layer in older
-    ``transformers``) has element 0 replaced and the rest kept; any other output type raises
-    a TypeError, and a last dimension other than ``basis.dim`` a ValueError, when the module
-    runs. The hook is removed on leaving the block, also on an exception. Yields an
-    :class:`AblationHook` whose ``calls`` counts the forward passes it changed.
-    """
-    if not hasattr(module, "register_forward_hook"):
-        raise TypeError(f"module must be a torch nn.Module, got {type(module).__name__}.")
-    if not isinstance(basis, EigenBasis):
-        raise TypeError(f"basis must be an EigenBasis, got {type(basis).__name__}.")
-    projector = basis.projector(k, mode)
-    record = AblationHook(k=int(k), mode=mode, projector=projector)
-    cache: dict = {}  # (dtype, device) -> (mean, P) tensors
-
-    def project(h):
-        if h.shape[-1] != basis.dim:
-            raise ValueError(
-                f"The module's output has last dimension {h.shape[-1]} but the eigenbasis "
-                f"has d = {basis.dim}."
-            )
-        key = (h.dtype, h.device)
-        if key not in cache:
-            import torch
-
-            cache[key] = (
-                torch.as_tensor(basis.mean, dtype=h.dtype, device=h.device),
-                torch.as_tensor(projector, dtype=h.dtype, device=h.device),
-            )
-        mean, p = cache[key]
-        return mean + (h - mean) @ p
-
-    def hook(_module, _inputs, output):
-        if hasattr(output, "shape") and hasattr(output, "dtype"):
-            new = project(output)
-        elif isinstance(output, tuple) and output and hasattr(output[0], "shape"):
-            new = (project(output[0]), *output[1:])
-        else:
-            raise TypeError(
-                f"eigen_ablation supports modules returning a tensor or a tuple whose first "
-                f"element is the hidden state, got {type(output).__name__}."
-            )
-        record.calls += 1
-        return new
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield record
-    finally:
-        handle.remove()
-
-
-#: Columns of :func:`ablation_sweep`'s table before the metric columns.
-ABLATION_COLUMNS = ("mode", "k", "variance_fraction")
-
-
-def _as_metrics(value) -> dict[str, float]:
-    """An ``evaluate()`` result as ``{column: float}``."""
-    if isinstance(value, Mapping):
-        if not value:
-            raise ValueError("evaluate() returned an empty dict.")
-        out = {}
-        for key, v in value.items():
-            if str(key) in ABLATION_COLUMNS:
-                raise ValueError(f"evaluate() returned a metric named {key!r}, a reserved column.")
-            if not isinstance(v, numbers.Real):
-                raise TypeError(f"evaluate() returned {key!r} = {v!r}, not a number.")
-            out[str(key)] = float(v)
-        return out
-    if isinstance(value, numbers.Real) or (hasattr(value, "item") and np.ndim(value) == 0):
-        return {"metric": float(value)}
-    raise TypeError(
-        f"evaluate() must return a float or a dict of floats, got {type(value).__name__}."
-    )
-
-
-def ablation_sweep(
-    evaluate: Callable[[], float | Mapping[str, float]],
-    module,
-    basis: EigenBasis,
-    ks: Sequence[int],
-    modes: Sequence[str] = ABLATION_MODES,
-    *,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """``evaluate()`` without an ablation and under every ``(mode, k)`` ablation of ``module``.
-
-    ``evaluate`` takes no arguments and runs the model (so ``module``) itself, returning a
-    float (column ``metric``) or a dict of floats (one column each). The table has columns
-    ``mode``, ``k``, ``variance_fraction`` (the fraction of the fitted variance the projection
-    keeps, :meth:`EigenBasis.variance_fraction`) and the metric(s): first a baseline row
-    ``mode="none"``, ``k=basis.dim`` without any hook, then one row per mode and k in the
-    order given. A RuntimeError is raised if ``evaluate()`` never ran ``module`` (an ablation
-    that changes nothing). ``attrs`` holds ``dim`` and ``n_samples`` of the basis.
-    """
-    if not callable(evaluate):
-        raise TypeError("evaluate must be a zero-argument callable.")
-    ks = _check_ks(ks, basis.dim)
-    modes = [_check_mode(m) for m in ([modes] if isinstance(modes, str) else list(modes))]
-    if not modes:
-        raise ValueError("modes is empty: use 'keep', 'remove' or both.")
-    from tqdm.auto import tqdm
-
-    runs = [("none", basis.dim)] + [(m, k) for m in modes for k in ks]
-    records = []
-    metric_names: list[str] | None = None
-    for mode, k in tqdm(runs, desc="eigen-ablation", disable=not progress):
-        if mode == "none":
-            metrics = _as_metrics(evaluate())
-            fraction = 1.0
-        else:
-            with eigen_ablation(module, basis, k, mode) as hook:
-                metrics = _as_metrics(evaluate())
-            if hook.calls == 0:
-                raise RuntimeError(
-                    "evaluate() never ran the ablated module: the ablation changed nothing. "
-                    "Pass the module that evaluate's model actually calls."
-                )
-            fraction = basis.variance_fraction(k, mode)
-        if metric_names is None:
-            metric_names = list(metrics)
-        elif list(metrics) != metric_names:
-            raise ValueError(
-                f"evaluate() returned metrics {list(metrics)} after {metric_names} before."
-            )
-        records.append({"mode": mode, "k": k, "variance_fraction": fraction, **metrics})
-    table = pd.DataFrame.from_records(records, columns=[*ABLATION_COLUMNS, *metric_names])
-    table.attrs["dim"] = basis.dim
-    table.attrs["n_samples"] = basis.n_samples
-    return table
+        # imported on first use: repgeo_utils.ablation imports this module
+        return getattr(importlib.import_module("repgeo_utils.ablation"), name)
+    raise AttributeError(f"module 'repgeo_utils.spectral' has no attribute {name!r}")

@@ -7,14 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from repgeo_utils import spectral
+from repgeo_utils import ablation
 from repgeo_utils.ablation import (
+    EigenBasis,
+    ablation_sweep,
     classifier_accuracy_ablation,
     collect_module_outputs,
+    eigen_ablation,
     final_representation_module,
+    fit_eigenbasis,
     lm_loss_ablation,
 )
-from repgeo_utils.spectral import EigenBasis, ablation_sweep, eigen_ablation, fit_eigenbasis
 
 SQRT2 = np.sqrt(2.0)
 U1 = np.array([1.0, 1.0]) / SQRT2  # variance 4
@@ -363,7 +366,7 @@ def test_lm_loss_ablation_keep_all_and_remove_all(tiny_lm):
 
 def test_collect_module_outputs_drops_padding(tiny_lm):
     model, tokenizer = tiny_lm
-    from repgeo_utils.ablation import _causal_batches
+    from repgeo_utils.ablation.measures import _causal_batches
 
     batches = _causal_batches(tokenizer, LM_TEXTS[:3], 128, 3)
     n_real = sum(int(b["attention_mask"].sum()) for b in batches)
@@ -459,7 +462,7 @@ def test_classifier_accuracy_ablation_errors(tiny_bert):
         classifier_accuracy_ablation(model, tokenizer, CLF_TEXTS, [], [], [1])
     with pytest.raises(ValueError, match=r"\[0, 16\]"):
         classifier_accuracy_ablation(model, tokenizer, CLF_TEXTS, CLF_TEXTS, [0] * 6, [-1])
-    assert spectral.ABLATION_MODES == ("keep", "remove")
+    assert ablation.ABLATION_MODES == ("keep", "remove")
 
 
 def test_default_ks_and_table2_row():
@@ -487,3 +490,15 @@ def test_default_ks_and_table2_row():
     }
     with pytest.raises(ValueError, match="no row for mode 'remove', k = 2"):
         table2_row(table, "acc", [2])
+
+
+def test_old_spectral_names_forward_to_ablation_and_warn():
+    from repgeo_utils import spectral
+
+    with pytest.warns(DeprecationWarning, match=r"repgeo_utils\.ablation\.eigen_ablation"):
+        assert spectral.eigen_ablation is eigen_ablation
+    with pytest.warns(DeprecationWarning, match="moved"):
+        from repgeo_utils.spectral import EigenBasis as Old
+    assert Old is EigenBasis
+    with pytest.raises(AttributeError, match="no attribute 'eigen_nothing'"):
+        spectral.eigen_nothing  # noqa: B018

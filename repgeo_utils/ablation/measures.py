@@ -5,7 +5,7 @@ their top-k eigen-directions ("keep") or onto the complement ("remove") and meas
 again: keeping only the top 10 of Pythia-1B's 2,048 directions collapses its SciQ accuracy
 (0.838 -> 0.225) while removing them barely moves it (0.849). The geometry is fitted on one set
 of texts and the model evaluated on another; the ablation itself is
-``spectral.eigen_ablation`` (``mean + (h - mean) @ P``), applied to
+``ablation.eigen_ablation`` (``mean + (h - mean) @ P``), applied to
 
 - a **causal LM**: the output of the final LayerNorm, i.e. the vector every next-token logit
   is read from (the unembedding's input), at every position; metric: the mean next-token
@@ -15,7 +15,9 @@ of texts and the model evaluated on another; the ablation itself is
   accuracy (:func:`classifier_accuracy_ablation`).
 
 The eigenbasis is fitted on the representation of *every real token* of the fitting texts
-(padding excluded).
+(padding excluded). The ablation machinery itself (:func:`~repgeo_utils.ablation.fit_eigenbasis`,
+:func:`~repgeo_utils.ablation.eigen_ablation`, :func:`~repgeo_utils.ablation.ablation_sweep`) is
+in :mod:`repgeo_utils.ablation.hooks`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
-from . import spectral
+from ..finetune import predict_logits
+from ..lm.sweeps import causal_lm_batches, last_token_features
+from .hooks import ABLATION_MODES, EigenBasis, ablation_sweep, check_ks, fit_eigenbasis
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +75,6 @@ def collect_module_outputs(model, module, batches: Iterable[Mapping]) -> np.ndar
     an ``(n_tokens, d)`` float32 array, batches in order, tokens row-major. Runs in eval mode
     under ``torch.inference_mode``.
     """
-    import torch
-
     captured: list = []
 
     def hook(_module, _inputs, output):
@@ -126,8 +129,6 @@ def _check_texts(texts: Sequence[str], name: str) -> list[str]:
 
 def _causal_batches(tokenizer, texts, max_length: int, batch_size: int) -> list[dict]:
     """Texts batched exactly as ``lm.last_token_features`` batches them."""
-    from .lm.sweeps import causal_lm_batches
-
     return [
         {"input_ids": ids, "attention_mask": mask}
         for _, ids, mask in causal_lm_batches(
@@ -149,16 +150,16 @@ def _encoder_batches(tokenizer, texts, max_length: int, batch_size: int) -> list
 
 
 def _check_sizes(ks, hidden: int, max_length: int, batch_size: int) -> None:
-    spectral._check_ks(ks, hidden)
+    check_ks(ks, hidden)
     if max_length < 1 or batch_size < 1:
         raise ValueError(
             f"max_length and batch_size must be positive, got {max_length} and {batch_size}."
         )
 
 
-def _fit(model, module, batches) -> spectral.EigenBasis:
+def _fit(model, module, batches) -> EigenBasis:
     features = collect_module_outputs(model, module, batches)
-    basis = spectral.fit_eigenbasis(features)
+    basis = fit_eigenbasis(features)
     log.info("eigenbasis fitted on %d tokens x %d dimensions", *features.shape)
     return basis
 
@@ -172,7 +173,7 @@ def lm_loss_ablation(
     *,
     max_length: int = 128,
     batch_size: int = 32,
-    modes: Sequence[str] = spectral.ABLATION_MODES,
+    modes: Sequence[str] = ABLATION_MODES,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Mean next-token loss of a causal LM with its final representation ablated.
@@ -181,13 +182,9 @@ def lm_loss_ablation(
     at every real token of ``fit_texts``; the loss on ``eval_texts`` (tokenised, padded and
     averaged over predicted tokens as in ``lm.last_token_features``) is then measured
     without ablation and with the top-k directions kept / removed at every position. Returns
-    :func:`spectral.ablation_sweep`'s table with the metric column ``loss``;
+    :func:`ablation_sweep`'s table with the metric column ``loss``;
     ``attrs["n_fit_tokens"]`` is the number of fitting tokens.
     """
-    import torch
-
-    from .lm.sweeps import last_token_features
-
     fit_texts = _check_texts(fit_texts, "fit_texts")
     eval_texts = _check_texts(eval_texts, "eval_texts")
     _check_sizes(ks, int(model.config.hidden_size), max_length, batch_size)
@@ -209,7 +206,7 @@ def lm_loss_ablation(
             )
             return {"loss": loss}
 
-        table = spectral.ablation_sweep(evaluate, module, basis, ks, modes, progress=progress)
+        table = ablation_sweep(evaluate, module, basis, ks, modes, progress=progress)
     table.attrs["n_fit_tokens"] = basis.n_samples
     return table
 
@@ -224,7 +221,7 @@ def classifier_accuracy_ablation(
     *,
     max_length: int = 128,
     batch_size: int = 64,
-    modes: Sequence[str] = spectral.ABLATION_MODES,
+    modes: Sequence[str] = ABLATION_MODES,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Accuracy of a sequence classifier with its last encoder layer's output ablated.
@@ -233,13 +230,9 @@ def classifier_accuracy_ablation(
     ``fit_texts`` ([CLS] and [SEP] included); under the ablation that output is projected at
     every token, so the [CLS] state read by the pooler and the classification head is the
     ablated one. Accuracy on ``eval_texts`` comes from ``finetune.predict_logits``. Returns
-    :func:`spectral.ablation_sweep`'s table with the metric column ``accuracy``;
+    :func:`ablation_sweep`'s table with the metric column ``accuracy``;
     ``attrs["n_fit_tokens"]`` is the number of fitting tokens.
     """
-    import torch
-
-    from .finetune import predict_logits
-
     fit_texts = _check_texts(fit_texts, "fit_texts")
     eval_texts = _check_texts(eval_texts, "eval_texts")
     labels = np.asarray(list(eval_labels))
@@ -270,7 +263,7 @@ def classifier_accuracy_ablation(
             )
             return {"accuracy": float(np.mean(logits.argmax(-1) == labels))}
 
-        table = spectral.ablation_sweep(evaluate, module, basis, ks, modes, progress=progress)
+        table = ablation_sweep(evaluate, module, basis, ks, modes, progress=progress)
     table.attrs["n_fit_tokens"] = basis.n_samples
     return table
 
@@ -288,7 +281,7 @@ def default_ks(dim: int) -> list[int]:
 
 
 def table2_row(table: pd.DataFrame, metric: str, ks: Sequence[int]) -> dict[str, float]:
-    """One row in the layout of paper 2's Table 2 from an :func:`spectral.ablation_sweep`
+    """One row in the layout of paper 2's Table 2 from an :func:`ablation_sweep`
     table: the unablated ``metric``, then for each k the value with the top-k directions
     removed and retained, and with only the mean kept (keep k = 0) when the table has it."""
 
