@@ -1,0 +1,76 @@
+"""One figure style for every notebook, ``save_figure``, and what the plot modules share.
+
+Figures are PNG at a modest DPI so committed notebooks stay small. Each figure is named after
+its notebook (``01_finetuning_accuracy.png``); figures of a non-default profile go to
+``figures/<profile>/`` so they never overwrite the committed quick-profile ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.ticker import FuncFormatter
+
+from ..config import figures_dir
+
+log = logging.getLogger(__name__)
+
+DPI = 110
+
+#: Colours for pre-trained vs fine-tuned, used by every notebook.
+PRE_COLOR = "#7f7f7f"
+POST_COLOR = "#d62728"
+
+
+def use_style() -> None:
+    """Apply the project's matplotlib/seaborn style (call once per notebook)."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update(
+        {
+            "figure.dpi": DPI,
+            "savefig.dpi": DPI,
+            "savefig.bbox": "tight",
+            "axes.titlesize": 11,
+            "axes.labelsize": 10,
+            "legend.fontsize": 9,
+            "figure.max_open_warning": 0,
+            # deterministic PNG bytes: no creation date in the metadata
+            "svg.hashsalt": "repgeo",
+        }
+    )
+
+
+def save_figure(fig, name: str, profile: str = "quick") -> Path:
+    """Write ``fig`` to ``figures/<name>.png`` (``figures/<profile>/`` for non-quick profiles)."""
+    if not name or "/" in name:
+        raise ValueError(f"Figure name must be a plain file name, got {name!r}")
+    folder = figures_dir() if profile == "quick" else figures_dir() / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    fig.savefig(path, metadata={"Software": None})
+    log.info("figure written: %s", path)
+    return path
+
+
+#: Line colours of the two models compared (pre-trained vs fine-tuned).
+MODEL_COLORS = {"pre-trained": PRE_COLOR, "fine-tuned": POST_COLOR}
+
+
+def running_mean(values, smooth: int):
+    """``(x, y)`` of a running mean over ``smooth`` points (the values as they are when there
+    are fewer than ``smooth``, or ``smooth <= 1``)."""
+    values = np.asarray(values, dtype=float)
+    if smooth <= 1 or len(values) < smooth:
+        return np.arange(len(values)), values
+    kernel = np.ones(smooth) / smooth
+    return np.arange(smooth - 1, len(values)), np.convolve(values, kernel, mode="valid")
+
+
+def log2_integer_axis(ax) -> None:
+    """A base-2 log x axis labelled with plain integers (1, 2, 4, ...)."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

@@ -1,0 +1,28 @@
+"""The plotting package: every plot of its modules is reachable as ``plotting.<name>``."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from repgeo_utils import plotting
+
+MODULES = ("style", "finetuning", "similarity", "sae", "spectral", "training", "ablation")
+
+
+def test_every_public_plot_is_re_exported():
+    for name in MODULES:
+        module = importlib.import_module(f"repgeo_utils.plotting.{name}")
+        for attr, value in vars(module).items():
+            if attr.startswith("plot_") and inspect.isfunction(value):
+                assert getattr(plotting, attr) is value, f"plotting.{attr} is not {name}.{attr}"
+    assert plotting.save_figure is plotting.style.save_figure
+    assert plotting.use_style is plotting.style.use_style
+    assert set(plotting.__all__) <= set(dir(plotting))
+
+
+def test_running_mean_is_shared_by_the_training_curves():
+    x, y = plotting.style.running_mean([1.0, 2.0, 3.0, 4.0], 2)
+    assert list(x) == [1, 2, 3] and list(y) == [1.5, 2.5, 3.5]
+    x, y = plotting.style.running_mean([1.0, 2.0], 5)  # too short: the values as they are
+    assert list(x) == [0, 1] and list(y) == [1.0, 2.0]
