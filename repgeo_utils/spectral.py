@@ -704,31 +704,88 @@ def features_with_spectrum(
     return (u * np.sqrt((n_samples - 1) * lam)) @ v.T
 
 
+#: Relative size below which an eigenvalue counts as zero (see :func:`rank_tolerance`).
+RANK_RTOL = 1e-12
+
+
+def rank_tolerance(eigenvalues: Float[np.ndarray, " eigenvalues"]) -> float:
+    """The numerical-rank tolerance: ``max(RANK_RTOL, len(eigenvalues) * float64 epsilon)``
+    times the largest eigenvalue. Below it an eigenvalue is round-off, not variance: the
+    eigensolver's own error is about ``len * epsilon`` of the largest, and a direction of
+    float32 features that is exactly constant in exact arithmetic (the one a LayerNorm output
+    loses) keeps an eigenvalue of about 1e-14 of the largest, above ``len * epsilon`` for
+    small widths; genuine eigenvalues at the ranks alpha-ReQ fits are many orders larger."""
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if not lam.size:
+        return 0.0
+    return float(max(RANK_RTOL, lam.size * np.finfo(np.float64).eps) * lam.max())
+
+
+def numerical_rank(eigenvalues: Float[np.ndarray, " eigenvalues"]) -> int:
+    """How many eigenvalues exceed :func:`rank_tolerance`."""
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    if not lam.size or not lam.any():
+        return 0
+    return int(np.count_nonzero(lam > rank_tolerance(lam)))
+
+
 def spectral_summary(
     eigenvalues: Float[np.ndarray, " eigenvalues"],
     fit_range: tuple[int, int] = (12, 100),
     label: str | None = None,
+    *,
+    clip_to_rank: bool = False,
 ) -> dict[str, float]:
-    """RankMe (both variants) and alpha-ReQ of one spectrum, never raising on a short one.
+    """RankMe (both variants) and alpha-ReQ of one spectrum, never raising on a short one: the
+    one summary behind every table of RankMe and alpha (:func:`layer_spectra`, the checkpoint
+    sweeps of :mod:`repgeo_utils.lm` and the post-training measures).
 
-    Returns ``n_eigenvalues``, ``rankme_covariance``, ``rankme_singular``, ``alpha`` and
-    ``alpha_r2``. When the fit range cannot be fitted (the spectrum has fewer than
-    ``fit_range[1]`` eigenvalues, or zeros inside the range, as a rank-k spectrum with
-    ``k < fit_range[1]`` has) ``alpha`` and ``alpha_r2`` are NaN and a warning says why.
-    Eigenvalues below ``len(eigenvalues) * machine epsilon * the largest`` (the usual
-    numerical-rank tolerance) count as zeros: they are the round-off of a rank-deficient
-    covariance, around 1e-16 of the largest, and a power law fitted to them means nothing. A
-    spectrum of zeros (samples without any variance) gives NaN for all four numbers.
-    ``label`` names the spectrum in those warnings.
+    Returns ``n_eigenvalues``, ``rankme_covariance``, ``rankme_singular``, ``alpha``,
+    ``alpha_r2`` and ``alpha_fit_hi`` (the last rank the fit used; NaN without a fit).
+    Eigenvalues below the numerical-rank tolerance (:func:`rank_tolerance`) count as zeros:
+    a power law fitted to round-off means nothing. alpha is fitted over the 1-based ranks
+    ``fit_range``; when fewer than ``fit_range[1]`` eigenvalues are non-zero (a short spectrum,
+    or a rank-k one with ``k < fit_range[1]``):
+
+    - ``clip_to_rank=False`` (a fixed range, as notebook 05 compares layers): ``alpha`` and
+      ``alpha_r2`` are NaN and a warning says why;
+    - ``clip_to_rank=True`` (models narrower than the range, as the small LM of notebooks 06
+      and 08): the range ends at the numerical rank instead, and only a range of fewer than two
+      ranks gives NaN.
+
+    A spectrum of zeros (samples without any variance) gives NaN for everything but its
+    length. ``label`` names the spectrum in the warnings.
     """
     lam = np.asarray(eigenvalues, dtype=np.float64)
     nan = float("nan")
     out = {"n_eigenvalues": int(lam.size), "rankme_covariance": nan, "rankme_singular": nan,
-           "alpha": nan, "alpha_r2": nan}  # fmt: skip
+           "alpha": nan, "alpha_r2": nan, "alpha_fit_hi": nan}  # fmt: skip
     prefix = f"{label}: " if label else ""
     if lam.size and not lam.any():
         log.warning("%sthe samples have no variance: no RankMe, no alpha-ReQ", prefix)
         return out
+    out["rankme_covariance"] = rankme(lam, "covariance")
+    out["rankme_singular"] = rankme(lam, "singular")
+    rank = numerical_rank(lam)
+    first, last = int(fit_range[0]), int(fit_range[1])
+    if clip_to_rank:
+        last = min(last, rank)
+        if last <= first:
+            log.warning(
+                "%sno alpha-ReQ: %d non-zero eigenvalues, too few for a fit from rank %d",
+                prefix,
+                rank,
+                first,
+            )
+            return out
+    try:
+        fit = alpha_req(np.where(lam > rank_tolerance(lam), lam, 0.0), fit_range=(first, last))
+    except ValueError as err:
+        log.warning("%sno alpha-ReQ: %s", prefix, err)
+    else:
+        out["alpha"], out["alpha_r2"] = fit.alpha, fit.r2
+        out["alpha_fit_hi"] = float(last)
+    return out
     out["rankme_covariance"] = rankme(lam, "covariance")
     out["rankme_singular"] = rankme(lam, "singular")
     tolerance = lam.size * np.finfo(np.float64).eps * lam.max()

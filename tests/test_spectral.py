@@ -19,7 +19,9 @@ from repgeo_utils.spectral import (
     eigenspectrum,
     features_with_spectrum,
     layer_spectra,
+    numerical_rank,
     paired_subsamples,
+    rank_tolerance,
     rankme,
     rankme_ci,
     segment_phases,
@@ -361,6 +363,29 @@ def test_spectral_summary_of_a_low_rank_matrix_has_no_alpha(caplog):
     assert summary["rankme_covariance"] <= 10 + 1e-3
     assert summary["rankme_singular"] <= 10 + 1e-3
     assert "rank-10 case: no alpha-ReQ" in caplog.text and "only 10 of the 256" in caplog.text
+
+
+def test_spectral_summary_clipped_to_rank_fits_a_narrow_model():
+    # a 32-wide model: the fixed range 12..100 cannot be fitted, the clipped one ends at 32
+    lam = np.arange(1, 33, dtype=float) ** -2.0
+    fixed = spectral_summary(lam, fit_range=(12, 100))
+    clipped = spectral_summary(lam, fit_range=(12, 100), clip_to_rank=True)
+    assert math.isnan(fixed["alpha"]) and math.isnan(fixed["alpha_fit_hi"])
+    assert clipped["alpha"] == pytest.approx(2.0, abs=1e-9) and clipped["alpha_fit_hi"] == 32
+    assert math.isnan(spectral_summary(lam[:12], clip_to_rank=True)["alpha"])  # 12..12: no fit
+
+
+def test_round_off_of_a_lost_direction_is_not_fitted():
+    # the last of 32 eigenvalues is the round-off of a direction that float32 features lose
+    # (a LayerNorm output): 1.8e-14 of the largest, above 32 * float64 epsilon (7e-15) but
+    # below the rank tolerance, so the clipped fit ends at rank 31
+    lam = np.arange(1, 33, dtype=float) ** -2.0
+    lam[-1] = 1.8e-14
+    assert numerical_rank(lam) == 31
+    assert rank_tolerance(lam) == pytest.approx(1e-12)
+    summary = spectral_summary(lam, clip_to_rank=True)
+    assert summary["alpha_fit_hi"] == 31 and summary["alpha"] == pytest.approx(2.0, abs=1e-9)
+    assert rank_tolerance(np.ones(10_000)) == pytest.approx(10_000 * np.finfo(float).eps)
 
 
 def test_spectral_summary_without_variance_is_all_nan():

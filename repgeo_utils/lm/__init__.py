@@ -27,10 +27,12 @@ from .corpus import (
     PreparedCorpus,
     PretrainCorpus,
     TokenBatches,
+    bbc_bodies,
     build_corpus,
     prepare_corpus,
     probe_texts,
     train_tokenizer,
+    tweets,
 )
 from .model import (
     FORMAT_VERSION,
@@ -63,6 +65,7 @@ __all__ = [
     "PretrainResult",
     "RevisionFeatures",
     "TokenBatches",
+    "bbc_bodies",
     "build_corpus",
     "build_model",
     "causal_lm_batches",
@@ -81,4 +84,5 @@ __all__ = [
     "sweep_checkpoints",
     "train_step",
     "train_tokenizer",
+    "tweets",
 ]

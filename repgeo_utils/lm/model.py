@@ -17,8 +17,10 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever the training code changes what a config produces (part of every run key).
-FORMAT_VERSION = 1
+#: Bumped whenever the code changes what a config produces (part of every corpus and run key).
+#: 2: the corpus reads the BBC files through ``data.read_bbc``, which decodes the one file that
+#: is not UTF-8 as Latin-1 (a pound sign) where version 1 put U+FFFD.
+FORMAT_VERSION = 2
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -31,7 +33,7 @@ class PretrainConfig:
     The defaults are the ``quick`` setting of :data:`PRETRAIN_SETTINGS`, found in
     ``benchmarks/pretraining_phase_search.md``: a 2-layer, hidden-32 model with a 1,024-token
     vocabulary, batches of 8 x 64 tokens, 8,000 steps at a constant learning rate. It shows
-    all three of paper 2's phases in about two minutes of training on 2 CPU cores. Pythia's
+    all three of paper 2's phases in a minute or two of training on a CPU. Pythia's
     own values are noted per field.
     """
 
@@ -178,12 +180,12 @@ class PretrainConfig:
 #: of the final layer's last-token RankMe; both use batches of 8 x 64 tokens, because the
 #: phases run on a clock of optimizer steps rather than tokens.
 PRETRAIN_SETTINGS: dict[str, PretrainConfig] = {
-    # 91k parameters, 8,000 steps (4.1M tokens, 1.2 passes): 98 s of training on one thread
-    # (2 min with corpus and sweep). RankMe 19.6 at init, 5.1 at step 64, 18.8 at step 2,000,
-    # 16.4 at step 8,000.
+    # 91k parameters, 8,000 steps (4.1M tokens, 1.2 passes): 54,568 tokens/s on one thread in
+    # benchmarks/results/pretrain.json, so about 75 s of training on an idle core. RankMe 19.6
+    # at init, 5.1 at step 64, 18.8 at step 2,000, 16.4 at step 8,000.
     "quick": PretrainConfig(),
-    # 231k parameters, 16,000 steps (8.2M tokens, 2.4 passes): about 4-5 minutes of training
-    # on one thread (33k tokens/s), 14 minutes when other jobs share the cores.
+    # 231k parameters, 16,000 steps (8.2M tokens, 2.4 passes): 28,903 tokens/s on one thread
+    # (pretrain.json), so about 5 minutes of training, longer when other jobs share the cores.
     # RankMe 30.5 at init, 7.3 at step 64, 26.6 at step 3,000, 17.3 at step 16,000; the
     # hidden size of 64 also leaves alpha-ReQ a fit range (ranks 12..63).
     "longer": PretrainConfig(

@@ -158,28 +158,13 @@ def last_token_features(
     return feats, (loss_sum / n_tok if n_tok else float("nan")), n_tok
 
 
-def _spectral_metrics(features: np.ndarray) -> dict[str, float]:
-    """RankMe (both variants) and alpha-ReQ of one feature matrix, via ``spectral.py``."""
-    eig = spectral.eigenspectrum(features)
-    row: dict[str, float] = {
-        "rankme_covariance": float(spectral.rankme(eig, variant="covariance")),
-        "rankme_singular": float(spectral.rankme(eig, variant="singular")),
-    }
-    hi = min(100, int(np.sum(eig > 1e-12 * eig.max())))
-    if hi > 12:
-        fit = spectral.alpha_req(eig, fit_range=(12, hi))
-        row["alpha"] = float(fit.alpha)
-        row["alpha_r2"] = float(fit.r2)
-        row["alpha_fit_hi"] = float(hi)
-    else:
-        row["alpha"] = row["alpha_r2"] = row["alpha_fit_hi"] = float("nan")
-    return row
-
-
-def _weights_fingerprint(path: str) -> str:
-    """Size and mtime of a local checkpoint's weights, so a rewritten folder is noticed."""
-    files = sorted(Path(path).glob("*.safetensors")) + sorted(Path(path).glob("*.bin"))
-    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+def _summary(features: np.ndarray, fit_range: tuple[int, int], label: str) -> dict[str, float]:
+    """The sweep's metric columns for one feature matrix (spectral_summary, clipped to rank)."""
+    summary = spectral.spectral_summary(
+        spectral.eigenspectrum(features), fit_range=fit_range, label=label, clip_to_rank=True
+    )
+    summary.pop("n_eigenvalues")
+    return summary
 
 
 def sweep_checkpoints(
@@ -192,6 +177,7 @@ def sweep_checkpoints(
     batch_size: int = 32,
     device: str = "cpu",
     spectral_metrics: bool = True,
+    fit_range: tuple[int, int] = (12, 100),
     use_cache: bool = True,
     progress: bool = True,
 ) -> CheckpointSweep:
@@ -204,8 +190,10 @@ def sweep_checkpoints(
     the output of the final LayerNorm, which feeds the unembedding). Each revision's result is
     cached under ``data/cache/checkpoint-sweep/`` keyed by the weights, texts and settings.
     With ``spectral_metrics`` (the default), ``metrics`` is a table with RankMe (both variants)
-    and alpha-ReQ per revision and layer; alpha is fitted over ranks 12..100, or up to the
-    number of non-zero eigenvalues when there are fewer (``alpha_fit_hi``).
+    and alpha-ReQ per revision and layer from :func:`repgeo_utils.spectral.spectral_summary`:
+    alpha is fitted over the ranks ``fit_range`` (12..100), ending at the numerical rank when
+    fewer eigenvalues than that are non-zero (``clip_to_rank``; ``alpha_fit_hi`` is the last
+    rank fitted), as a small model's width is often below 100.
     """
     if revisions is None:
         revisions = list_revisions(model)
@@ -249,8 +237,8 @@ def sweep_checkpoints(
             "max_length": max_length,
             "format": 1,
         }
-        if ref.source == "local":
-            key["weights"] = _weights_fingerprint(ref.path)
+        if ref.source != "hub":  # the weights themselves (a hub model: its id and revision)
+            key["fingerprint"] = ref.fingerprint()
         with tempfile.TemporaryDirectory() as scratch:
             if use_cache:
                 with cache_entry("checkpoint-sweep", ref.cache_name, key) as entry:
@@ -284,7 +272,7 @@ def sweep_checkpoints(
                         "step": res.step,
                         "layer": layer,
                         "loss": res.loss,
-                        **_spectral_metrics(feat),
+                        **_summary(feat, fit_range, f"{res.revision}, layer {layer}"),
                     }
                 )
         metrics = pd.DataFrame(rows)

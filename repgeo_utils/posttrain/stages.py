@@ -3,7 +3,6 @@ by one entry of :data:`TRAINER_BUILDERS`, cached stage by stage by :func:`posttr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -161,18 +160,6 @@ POSTTRAIN_SETTINGS: dict[str, PosttrainConfig] = {
 # --- the stages --------------------------------------------------------------------------------
 
 
-def _weights_digest(folder: Path) -> str:
-    """Content digest of a local model's weights (size only for files over 256 MB)."""
-    parts = []
-    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        size = path.stat().st_size
-        if size <= 256 << 20:
-            parts.append(f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}")
-        else:
-            parts.append(f"{path.name}:{size}")
-    return ";".join(parts)
-
-
 def _base_identity(config: PosttrainConfig, progress: bool) -> tuple[str, str | None, dict]:
     """(model to load, revision, cache identity) of the base model; trains the quick
     pretraining run when ``base_model`` is None."""
@@ -182,8 +169,8 @@ def _base_identity(config: PosttrainConfig, progress: bool) -> tuple[str, str | 
         name, revision = str(run.run_folder), None
     ref = resolve_model(name, revision)
     identity = {"model": ref.name if ref.source == "hub" else None, "revision": ref.revision}
-    if ref.source != "hub":
-        identity["weights"] = _weights_digest(Path(ref.path))
+    if ref.source != "hub":  # the weights themselves, not where they lie
+        identity["fingerprint"] = ref.fingerprint()
     else:
         identity["model"] = ref.path
     return name, revision, identity
@@ -409,8 +396,10 @@ def posttrain(
 
     Each stage is cached separately (key: the base weights, both tasks' data, this stage's
     and the earlier stages' settings, the seed), so a run stopped during DPO keeps its SFT
-    stage. ``num_threads`` sets torch's CPU threads while training (1 is fastest for the
-    small LM, and keeps the result bit-for-bit reproducible). ``use_gpu`` trains on the GPU
+    stage. ``num_threads`` sets torch's CPU threads while training (1, the default, keeps the
+    result bit-for-bit the same on any machine; no benchmark has timed the stages at other
+    thread counts, and pretraining the same LM was faster on two, see
+    :func:`repgeo_utils.lm.pretrain`). ``use_gpu`` trains on the GPU
     (for a hub base model in the paper profile); a GPU run is cached apart from CPU runs.
     """
     if use_gpu:
