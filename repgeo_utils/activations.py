@@ -33,6 +33,7 @@ when complete, so a run killed half-way leaves nothing a later run would reuse.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -48,7 +49,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from jaxtyping import Bool, Float, Int
+from tqdm.auto import tqdm
+from transformers import AutoConfig
 
 from .cache import cache_entry, read_meta
 from .models import ModelRef, load_model, load_tokenizer, resolve_model
@@ -86,7 +90,7 @@ def texts_hash(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def resolve_layers(layers: Sequence[int] | None, n_hidden_states: int) -> tuple[int, ...]:
+def resolve_layers(layers: Sequence[int] | int | None, n_hidden_states: int) -> tuple[int, ...]:
     """Normalise ``hidden_states`` indices to sorted, unique, non-negative ones.
 
     ``None`` means all of them. Negative indices count from the end (``-1`` is the last layer).
@@ -113,8 +117,6 @@ def resolve_layers(layers: Sequence[int] | None, n_hidden_states: int) -> tuple[
 
 
 def _model_config(ref: ModelRef):
-    from transformers import AutoConfig
-
     return AutoConfig.from_pretrained(ref.path, revision=ref.revision)
 
 
@@ -179,7 +181,7 @@ class _ShardWriter:
         spec = self.specs[name]
         values = np.ascontiguousarray(values, dtype=spec.dtype)
         position = self.data_start + self.offsets[name] + row * self.row_bytes[name]
-        view = memoryview(values).cast("B")
+        view = values.data.cast("B")
         while view:
             written = os.pwrite(self.fd, view, position)
             view = view[written:]
@@ -247,7 +249,8 @@ class ShardedArray:
     def __getitem__(self, index) -> np.ndarray:
         if isinstance(index, tuple):
             rows, *rest = index
-            return self[rows][(slice(None), *rest)]
+            columns = (slice(None), *rest)
+            return self[rows][columns]
         if isinstance(index, (int, np.integer)):
             n = len(self)
             if not -n <= index < n:
@@ -613,8 +616,6 @@ _MALLOC_TRIM: Any = None
 
 
 def _default_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -703,9 +704,6 @@ def extract_activations(
             beyond the model's positions.
         IndexError: a layer outside the model's ``hidden_states``.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     texts = list(texts)
     if not texts:
         raise ValueError("texts is empty: there is nothing to extract activations from.")
@@ -743,7 +741,7 @@ def extract_activations(
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         n_tokens = int(offsets[-1])
         batches = length_buckets(lengths, batch_tokens, max_batch_size)
-        shards = _ShardSet(entry.tmp, offsets, stored_layers, d_model, int(shard_mb * 2**20))
+        shards = _ShardSet(entry.build_dir, offsets, stored_layers, d_model, int(shard_mb * 2**20))
         log.info(
             "extracting %d layers of %s for %d texts (%d tokens, %d batches) into %d shards "
             "(%.1f MB) on %s in %s",
@@ -793,9 +791,6 @@ def _run_batches(
     bar,
 ) -> None:
     """Run the model batch by batch and hand each text's real-token rows to ``shards``."""
-    import contextlib
-
-    import torch
 
     def autocast():
         if dtype == "bfloat16":

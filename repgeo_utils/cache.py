@@ -9,7 +9,7 @@ is never reused. A run killed half-way leaves only a ``.tmp-*`` folder that no l
 >>> key = {"model": "minilm-l6", "task": "bbc-news", "seed": 0}
 >>> with cache_entry("finetune", "minilm-l6__bbc-news", key) as entry:  # doctest: +SKIP
 ...     if not entry.exists:
-...         save_model(entry.tmp)  # write into entry.tmp; it becomes entry.path on success
+...         save_model(entry.build_dir)  # = entry.tmp; it becomes entry.path on success
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ class CacheEntry:
         """True when a complete entry made by the same inputs is in place."""
         return is_complete(self.path, self.key)
 
+    @property
+    def build_dir(self) -> Path:
+        """``tmp`` as a path, for writing a new entry; an error when there is none, i.e. the
+        entry is complete and there is nothing to build."""
+        if self.tmp is None:
+            raise RuntimeError(f"{self.path} is complete (or not being built): nothing to write.")
+        return self.tmp
+
 
 def is_complete(path: Path, key: dict[str, Any]) -> bool:
     meta = path / META
@@ -107,7 +115,7 @@ def cache_entry(
 @contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     """An advisory inter-process lock, so two runs never build the same entry twice."""
-    import fcntl
+    import fcntl  # noqa: PLC0415  (POSIX only: elsewhere the package still imports)
 
     with open(lock_path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

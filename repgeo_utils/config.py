@@ -148,7 +148,9 @@ def get_profile(name: str | Profile) -> Profile:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so a rerun gives the same numbers."""
-    import torch
+    # every module imports config, the light ones too (data, spectral, plotting): torch, which
+    # takes seconds to load, is loaded only when something is seeded
+    import torch  # noqa: PLC0415
 
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")

@@ -363,7 +363,7 @@ def _stratified_cap(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
         return df
     alloc = _allocate(df["label"].value_counts(sort=False), max_rows)
     rng = np.random.default_rng(seed)
-    keep = []
+    keep: list[int] = []
     for label, idx in df.groupby("label", sort=True).groups.items():
         keep.extend(rng.choice(np.asarray(idx), size=int(alloc[label]), replace=False))
     return df.loc[sorted(keep)]
@@ -448,6 +448,8 @@ def load_task(
         df, names = _read_csv(name[4:], label_names)
     elif name in TASKS:
         spec = TASKS[name]
+        if spec.reader is None:
+            raise TaskUnavailableError(f"Task {name!r} has no reader.")
         df, names = spec.reader(), spec.label_names
     elif name in HUB_TASKS:
         spec = HUB_TASKS[name]

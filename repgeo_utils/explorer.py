@@ -23,9 +23,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import ipywidgets as widgets
 import numpy as np
 import torch
+from IPython.display import HTML, display
 
+from .models import load_model
 from .sae import SparseAutoencoder
 
 log = logging.getLogger(__name__)
@@ -51,11 +54,7 @@ def widget_frontend_attached() -> bool:
     JupyterLab's widget manager (ipywidgets 8) opens the ``jupyter.widget.control`` comm as
     soon as it attaches to a kernel; headless runners (papermill, nbclient, nbval) never do.
     """
-    try:
-        from ipywidgets import Widget
-    except ImportError:  # pragma: no cover - ipywidgets is a dependency
-        return False
-    return getattr(Widget, "_control_comm", None) is not None
+    return getattr(widgets.Widget, "_control_comm", None) is not None
 
 
 class FeatureExplorer:
@@ -108,8 +107,6 @@ class FeatureExplorer:
         self.preprocess = preprocess
         self.max_length = max_length
         if loader is None:
-            from .models import load_model
-
             loader = load_model
         self._load = lru_cache(maxsize=None)(loader)
         task, depth, model = next(iter(self.saes))
@@ -203,33 +200,33 @@ class FeatureExplorer:
     def widget(self):
         """The live explorer: dropdowns (task, depth, model, feature), a feature index box and a
         sentence box above the coloured strip. Every change calls :meth:`update`."""
-        import ipywidgets as w
-
         s = self.selection
         key = (s.task, s.depth, s.model)
         c = {
-            "task": w.Dropdown(options=self.tasks(), value=s.task, description="task"),
-            "depth": w.Dropdown(options=self.depths(s.task), value=s.depth, description="layer"),
-            "model": w.Dropdown(
+            "task": widgets.Dropdown(options=self.tasks(), value=s.task, description="task"),
+            "depth": widgets.Dropdown(
+                options=self.depths(s.task), value=s.depth, description="layer"
+            ),
+            "model": widgets.Dropdown(
                 options=self.model_labels(s.task, s.depth), value=s.model, description="model"
             ),
-            "top": w.Dropdown(
+            "top": widgets.Dropdown(
                 options=self.feature_options(key) or [(f"#{s.feature}", s.feature)],
                 value=s.feature if s.feature in self.features.get(key, []) else None,
                 description="top features",
             ),
-            "feature": w.BoundedIntText(
+            "feature": widgets.BoundedIntText(
                 value=s.feature, min=0, max=self._sae(*key).d_sae - 1, description="feature"
             ),
-            "sentence": w.Text(
+            "sentence": widgets.Text(
                 value=s.sentence,
                 description="sentence",
                 continuous_update=False,
-                layout=w.Layout(width="90%"),
+                layout=widgets.Layout(width="90%"),
             ),  # fmt: skip
         }
         self._controls = c
-        self._output = w.HTML(value=self.render_html(*self._selection_tuple()))
+        self._output = widgets.HTML(value=self.render_html(*self._selection_tuple()))
         c["task"].observe(self._on_task, names="value")
         c["depth"].observe(self._on_key, names="value")
         c["model"].observe(self._on_key, names="value")
@@ -237,19 +234,25 @@ class FeatureExplorer:
         c["feature"].observe(self.update, names="value")
         c["sentence"].observe(self.update, names="value")
         rows = [
-            w.HBox([c["task"], c["depth"], c["model"]]),
-            w.HBox([c["top"], c["feature"]]),
+            widgets.HBox([c["task"], c["depth"], c["model"]]),
+            widgets.HBox([c["top"], c["feature"]]),
             c["sentence"],
             self._output,
         ]
-        return w.VBox(rows)
+        return widgets.VBox(rows)
 
     def _selection_tuple(self) -> tuple[str, str, str, int, str]:
         s = self.selection
         return s.task, s.depth, s.model, s.feature, s.sentence
 
+    def _live_controls(self) -> dict[str, Any]:
+        """The widget's controls (the callbacks run only once :meth:`widget` has built them)."""
+        if self._controls is None:
+            raise RuntimeError("The explorer has no widget yet; call widget() or show(live=True).")
+        return self._controls
+
     def _on_task(self, change=None) -> None:
-        c = self._controls
+        c = self._live_controls()
         depths = self.depths(c["task"].value)
         keep = c["depth"].value if c["depth"].value in depths else depths[0]
         c["depth"].options = depths
@@ -257,7 +260,7 @@ class FeatureExplorer:
         self._on_key()
 
     def _on_key(self, change=None) -> None:
-        c = self._controls
+        c = self._live_controls()
         models = self.model_labels(c["task"].value, c["depth"].value)
         if c["model"].value not in models or list(c["model"].options) != models:
             keep = c["model"].value if c["model"].value in models else models[0]
@@ -273,7 +276,7 @@ class FeatureExplorer:
             self.update()
 
     def _on_top(self, change=None) -> None:
-        c = self._controls
+        c = self._live_controls()
         if c["top"].value is not None and c["feature"].value != c["top"].value:
             c["feature"].value = c["top"].value  # triggers update
         else:
@@ -318,8 +321,6 @@ class FeatureExplorer:
         """Display the explorer: the live widget when ``live`` (default: when a widget frontend
         is attached, see :func:`widget_frontend_attached`), else a static HTML picture of the
         current selection."""
-        from IPython.display import HTML, display
-
         if live is None:
             live = widget_frontend_attached()
         if live:

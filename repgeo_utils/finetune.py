@@ -15,18 +15,27 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from .cache import cache_entry
-from .config import FinetuneSettings
-from .data import fingerprint
+from .config import FinetuneSettings, get_profile
+from .data import fingerprint, load_profile_task
 from .models import load_model, quiet_hf, resolve_model
 
 log = logging.getLogger(__name__)
@@ -48,13 +57,6 @@ class EvalReport:
 
     @classmethod
     def from_predictions(cls, y_true, y_pred, label_names: list[str]) -> EvalReport:
-        from sklearn.metrics import (
-            accuracy_score,
-            confusion_matrix,
-            f1_score,
-            precision_recall_fscore_support,
-        )
-
         labels = list(range(len(label_names)))
         p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
         per_class = pd.DataFrame(
@@ -172,8 +174,6 @@ RESULTS = "results.json"
 @contextmanager
 def no_datasets_bars():
     """Within the block ``datasets`` shows no progress bars (restored on leaving)."""
-    import datasets
-
     enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -217,8 +217,6 @@ def finetune_task(
     Reuses a finished run with the same model, data, settings and seed; otherwise trains,
     evaluates before and after on the test split, and caches the checkpoint and results.
     """
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
     for split in ("train", "validation", "test"):
         if split not in dataset or len(dataset[split]) == 0:
             raise ValueError(f"Task {task!r} has no rows in its {split!r} split.")
@@ -237,7 +235,7 @@ def finetune_task(
     with cache_entry("finetune", name, key, root=cache_root) as entry:
         if entry.exists:
             return _load_result(entry.path, cached=True)
-        out = entry.tmp
+        out = entry.build_dir
         model, tokenizer = load_model(
             ref.path if ref.source != "hub" else ref.name,
             revision,
@@ -312,8 +310,6 @@ def finetune_task(
             "train_tokens": int(real_tokens * settings.epochs),
         }
         (out / RESULTS).write_text(json.dumps(results, indent=1))
-        import shutil
-
         shutil.rmtree(out / "trainer", ignore_errors=True)
     result = _load_result(entry.path, cached=False)
     return result
@@ -345,9 +341,6 @@ def finetune_profile(
     progress: bool = True,
 ) -> dict[str, FinetuneResult]:
     """Fine-tune (or reuse) the profile's model on each task with the profile's settings."""
-    from .config import get_profile
-    from .data import load_profile_task
-
     prof = get_profile(profile)
     results = {}
     for task in tasks or prof.tasks:

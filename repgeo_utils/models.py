@@ -19,6 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import transformers
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+from transformers.utils import logging as hf_logging
+
 from .config import package_dir
 
 log = logging.getLogger(__name__)
@@ -192,8 +201,6 @@ def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
 @contextmanager
 def quiet_hf():
     """Silence transformers' load reports and weight-loading bars (a fresh head is expected)."""
-    from transformers.utils import logging as hf_logging
-
     level = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -223,8 +230,6 @@ def _from_pretrained(loader, ref: ModelRef, **kwargs):
 
 def load_tokenizer(name: str | Path, revision: str | None = None):
     """The tokenizer of a model (fast tokenizer)."""
-    from transformers import AutoTokenizer
-
     ref = resolve_model(name, revision)
     return _from_pretrained(AutoTokenizer, ref)
 
@@ -243,9 +248,6 @@ def load_model(
     head sized by ``label_names``, freshly initialised from ``seed`` unless the checkpoint
     has one) or ``"causal-lm"``.
     """
-    import transformers
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-
     ref = resolve_model(name, revision)
     if seed is not None:
         transformers.set_seed(seed)

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from .activations import ActivationSet
+    from .activations import ActivationSet, Dtype
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +118,17 @@ class _PairStats:
         self.sum_b: np.ndarray | None = None
         self.cos_sum = 0.0
         self.zero_rows = 0
-        self.shift_a = self.shift_b = None
+        self.shift_a: np.ndarray | None = None
+        self.shift_b: np.ndarray | None = None
         self.gram: dict[str, Any] = {}
         self.need_means = "cosine_of_means" in measures or "linear_cka" in measures
         self.need_cos = "mean_token_cosine" in measures
         self.need_gram = "linear_cka" in measures
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        import torch
+        # torch only for the Gram products: the measures stay light to import (plotting reads
+        # MEASURE_LABELS from here), and torch takes seconds to load
+        import torch  # noqa: PLC0415
 
         self.n += len(x)
         if self.need_cos:
@@ -158,10 +162,16 @@ class _PairStats:
                 product = (p.T @ q).double().numpy()
                 self.gram[name] = product if name not in self.gram else self.gram[name] + product
 
+    def _means(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean of each side's (shifted) rows so far."""
+        if self.sum_a is None or self.sum_b is None:
+            raise ValueError("No tokens to compare (every row was masked out).")
+        return self.sum_a / self.n, self.sum_b / self.n
+
     def result(self) -> dict[str, float]:
         if self.n == 0:
             raise ValueError("No tokens to compare (every row was masked out).")
-        values = [self.cos_sum]
+        values: list[Any] = [self.cos_sum]
         if self.need_means:
             values += [self.sum_a, self.sum_b]
         values += list(self.gram.values())
@@ -169,8 +179,8 @@ class _PairStats:
             raise ValueError("The inputs contain NaN or infinite values.")
         out: dict[str, float] = {}
         if "cosine_of_means" in self.measures:
-            mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
-            if self.need_gram:  # undo the shift
+            mean_a, mean_b = self._means()
+            if self.shift_a is not None and self.shift_b is not None:  # undo the shift
                 mean_a = mean_a + self.shift_a
                 mean_b = mean_b + self.shift_b
             norm = np.linalg.norm(mean_a) * np.linalg.norm(mean_b)
@@ -185,7 +195,7 @@ class _PairStats:
                 )
             out["mean_token_cosine"] = float(np.clip(self.cos_sum / self.n, -1.0, 1.0))
         if self.need_gram:
-            mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
+            mean_a, mean_b = self._means()
             c_ab = self.gram["ab"] - self.n * np.outer(mean_a, mean_b)
             c_aa = self.gram["aa"] - self.n * np.outer(mean_a, mean_a)
             c_bb = self.gram["bb"] - self.n * np.outer(mean_b, mean_b)
@@ -296,8 +306,6 @@ def layer_similarity(
         (layer / last layer, to overlay models of different depths), ``measure``, ``value``
         and ``n_tokens``; one row per (layer, measure).
     """
-    from tqdm.auto import tqdm
-
     check_paired(a, b)
     if layers is None:
         layers = a.layers
@@ -333,7 +341,7 @@ def compare_models(
     revision_a: str | None = None,
     revision_b: str | None = None,
     max_length: int = 128,
-    dtype: str = "float32",
+    dtype: Dtype = "float32",
     measures: Sequence[str] = MEASURES,
     exclude_special: bool = False,
     progress: bool = True,
@@ -342,9 +350,19 @@ def compare_models(
     layer by layer: :func:`~repgeo_utils.activations.extract_activations` twice, then
     :func:`layer_similarity`. Typically ``model_a`` is pre-trained and ``model_b`` the same
     model fine-tuned (a local checkpoint folder)."""
-    from .activations import extract_activations
+    # extraction loads transformers and torch; the measures above need neither
+    from .activations import extract_activations  # noqa: PLC0415
 
-    common = dict(max_length=max_length, dtype=dtype, progress=progress)
-    a = extract_activations(model_a, texts, layers, revision=revision_a, **common)
-    b = extract_activations(model_b, texts, layers, revision=revision_b, **common)
+    a, b = (
+        extract_activations(
+            model,
+            texts,
+            layers,
+            revision=revision,
+            max_length=max_length,
+            dtype=dtype,
+            progress=progress,
+        )  # fmt: skip
+        for model, revision in ((model_a, revision_a), (model_b, revision_b))
+    )
     return layer_similarity(a, b, measures=measures, exclude_special=exclude_special)

@@ -1,4 +1,3 @@
-# ruff: noqa: F722  (jaxtyping shape strings are not forward references)
 """The linear cross-entropy toy model of paper 2 (Li et al., 2025, section 3.3 and appendix B).
 
 ``n`` inputs with orthonormal rows (one-hot vectors, so ``X = I``) are mapped linearly to a

@@ -143,7 +143,7 @@ def test_select_without_and_with_widget(explorer):
 
 def test_show_is_static_without_a_frontend(explorer, monkeypatch):
     shown = []
-    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    monkeypatch.setattr("repgeo_utils.explorer.display", lambda obj: shown.append(obj))
     assert not widget_frontend_attached()
     explorer.show()
     assert type(shown[-1]).__name__ == "HTML" and "Static picture" in shown[-1].data

@@ -311,7 +311,7 @@ def ablation_sweep(
                 f"evaluate() returned metrics {list(metrics)} after {metric_names} before."
             )
         records.append({"mode": mode, "k": k, "variance_fraction": fraction, **metrics})
-    table = pd.DataFrame.from_records(records, columns=[*ABLATION_COLUMNS, *metric_names])
+    table = pd.DataFrame.from_records(records, columns=[*ABLATION_COLUMNS, *(metric_names or [])])
     table.attrs["dim"] = basis.dim
     table.attrs["n_samples"] = basis.n_samples
     return table

@@ -238,13 +238,13 @@ def prepare_corpus(config: PretrainConfig, root: Path | None = None) -> Prepared
                 config.max_documents,
             )
             tokenizer = train_tokenizer(corpus.train_texts, config.vocab_size)
-            tokenizer.save_pretrained(entry.tmp / "tokenizer")
+            tokenizer.save_pretrained(entry.build_dir / "tokenizer")
             order = np.random.default_rng([config.corpus_seed, 99]).permutation(
                 len(corpus.train_texts)
             )
             ids = encode_documents(tokenizer, [corpus.train_texts[i] for i in order])
-            np.save(entry.tmp / "train_ids.npy", ids)
-            (entry.tmp / "holdout.json").write_text(
+            np.save(entry.build_dir / "train_ids.npy", ids)
+            (entry.build_dir / "holdout.json").write_text(
                 json.dumps({"texts": corpus.holdout_texts, "sources": corpus.holdout_sources})
             )
             log.info(

@@ -210,8 +210,11 @@ def build_model(config: PretrainConfig, vocab_size: int):
         num_attention_heads=config.num_heads,
         intermediate_size=config.ffn_size,
         max_position_embeddings=config.context_length,
-        rotary_pct=config.rotary_pct,
-        rotary_emb_base=10_000,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10_000,
+            "partial_rotary_factor": config.rotary_pct,
+        },
         hidden_act="gelu",
         initializer_range=config.init_std,
         use_parallel_residual=True,
@@ -230,7 +233,8 @@ def build_model(config: PretrainConfig, vocab_size: int):
 
 def _parameter_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on 2-D weight matrices (incl. embeddings), none on biases and norms."""
-    decay, no_decay = [], []
+    decay: list[Any] = []
+    no_decay: list[Any] = []
     for _, param in sorted(model.named_parameters()):
         if not param.requires_grad:
             continue

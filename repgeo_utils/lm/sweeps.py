@@ -224,7 +224,8 @@ def sweep_checkpoints(
                 batch_size=batch_size,
                 device=device,
             )
-            np.savez(target / "features.npz", **{f"layer{k}": v for k, v in feats.items()})
+            arrays: dict[str, Any] = {f"layer{k}": v for k, v in feats.items()}
+            np.savez(target / "features.npz", **arrays)
             (target / "loss.json").write_text(
                 json.dumps({"loss": loss, "tokens": n_tok, "layers": ids})
             )
@@ -243,7 +244,7 @@ def sweep_checkpoints(
             if use_cache:
                 with cache_entry("checkpoint-sweep", ref.cache_name, key) as entry:
                     if not entry.exists:
-                        compute(entry.tmp)
+                        compute(entry.build_dir)
                 stored = entry.path
             else:
                 stored = Path(scratch)

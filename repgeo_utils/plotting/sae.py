@@ -33,7 +33,7 @@ def plot_latent_density(frequencies: dict, *, dense_threshold: float = 0.1, bins
     fig, ax = plt.subplots(figsize=(5.4, 3.2))
     alive_all = [np.asarray(f)[np.asarray(f) > 0] for f in frequencies.values()]
     low = min((np.log10(f).min() for f in alive_all if len(f)), default=-4.0)
-    edges = np.linspace(np.floor(low), 0.0, bins + 1)
+    edges = np.linspace(np.floor(low), 0.0, bins + 1).tolist()
     for (label, freq), alive in zip(frequencies.items(), alive_all, strict=True):
         dead = int((np.asarray(freq) == 0).sum())
         ax.hist(
@@ -184,7 +184,7 @@ def plot_latent_density_grid(frequencies: dict, *, dense_threshold: float = 0.1,
     depths = list(dict.fromkeys(k[1] for k in frequencies))
     alive = [np.asarray(f)[np.asarray(f) > 0] for f in frequencies.values()]
     low = min((np.log10(f).min() for f in alive if len(f)), default=-4.0)
-    edges = np.linspace(np.floor(low), 0.0, bins + 1)
+    edges = np.linspace(np.floor(low), 0.0, bins + 1).tolist()
     fig, axes = plt.subplots(
         len(tasks), len(depths), figsize=(3.0 * len(depths) + 0.6, 2.2 * len(tasks) + 0.5),
         squeeze=False, sharex=True,

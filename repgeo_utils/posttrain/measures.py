@@ -150,11 +150,11 @@ def answer_nll(
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             target = torch.full_like(ids, -100)
-            for row, (p, a) in enumerate(chunk):
+            for i, (p, a) in enumerate(chunk):
                 seq = p + a
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
-                target[row, len(p) : len(seq)] = torch.tensor(a)
+                ids[i, : len(seq)] = torch.tensor(seq)
+                mask[i, : len(seq)] = 1
+                target[i, len(p) : len(seq)] = torch.tensor(a)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             labels = target[:, 1:]
             logp = torch.log_softmax(logits, -1)
@@ -229,11 +229,20 @@ def _stage_checkpoints(result: PosttrainResult) -> list[tuple[str, str, int]]:
     (the base model)."""
     out = []
     for i, stage in enumerate(STAGES):
-        for rev in result.revisions(stage):
-            step = revision_step(rev)
+        for rev, step in _saved_steps(result, stage):
             if i > 0 and step == 0:
                 continue
             out.append((stage, rev, step))
+    return out
+
+
+def _saved_steps(result: PosttrainResult, stage: str) -> list[tuple[str, int]]:
+    """(revision, step) of a stage's saved revisions, in step order."""
+    out = []
+    for rev in result.revisions(stage):
+        step = revision_step(rev)
+        if step is not None:  # list_revisions lists step<N> folders only
+            out.append((rev, step))
     return out
 
 
@@ -280,7 +289,7 @@ def measure_posttraining(
     with cache_entry("posttrain-eval", "measurements", key) as entry:
         if not entry.exists:
             _evaluate_checkpoints(
-                result, checkpoints, points, id_rows, ood_rows, n_samples, entry.tmp, progress
+                result, checkpoints, points, id_rows, ood_rows, n_samples, entry.build_dir, progress
             )
     evaluation = pd.read_csv(entry.path / "evaluation.csv")
     counts = json.loads((entry.path / "correct_counts.json").read_text())
@@ -310,7 +319,7 @@ def _pass_at_k_points(
     """The (stage, step) checkpoints of pass@k, checked against the saved revisions. Default:
     the end of SFT, the end of DPO, RL's saved step nearest half its steps and RL's end."""
     if requested is None:
-        rl_revs = [revision_step(r) for r in result.revisions("rl")]
+        rl_revs = [step for _, step in _saved_steps(result, "rl")]
         half = result.config.rl.steps / 2
         middle = min(rl_revs, key=lambda s: (abs(s - half), s)) if rl_revs else None
         requested = [("sft", None), ("dpo", None), ("rl", middle), ("rl", None)]
@@ -318,7 +327,7 @@ def _pass_at_k_points(
     for stage, step in requested:
         if stage not in STAGES:
             raise ValueError(f"Unknown stage {stage!r} in pass_at_k_points.")
-        steps = [revision_step(r) for r in result.revisions(stage)]
+        steps = [s for _, s in _saved_steps(result, stage)]
         step = steps[-1] if step is None else step
         if step not in steps:
             raise ValueError(f"Stage {stage!r} has no checkpoint at step {step} ({steps}).")
@@ -383,6 +392,8 @@ def _spectral_table(
     for stage in STAGES:
         revs = [rev for s, rev, _ in checkpoints if s == stage]
         sweep = sweep_checkpoints(result.stages[stage], revs, texts, progress=progress)
+        if sweep.metrics is None:  # spectral_metrics is on by default
+            raise RuntimeError("The checkpoint sweep returned no metrics table.")
         m = sweep.metrics.assign(stage=stage)
         m = m[["stage", "revision", "loss", "rankme_covariance", "rankme_singular", "alpha"]]
         tables.append(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -272,9 +272,11 @@ def build_rl(run: StageRun) -> GRPOTrainer:
         beta=settings.kl_beta,
     )
     rows = [{"prompt": r["prompt"], "answer": r["answer"]} for r in run.data.train]
+    # TRL types a reward function as returning list[float | None]; ours never returns None
+    reward = cast(Callable[..., list[float | None]], exact_match_reward)
     return GRPOTrainer(
         model=run.model,
-        reward_funcs=exact_match_reward,
+        reward_funcs=reward,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=run.tokenizer,
@@ -448,7 +450,7 @@ def posttrain(
                 cached[stage] = entry.exists
                 if not entry.exists:
                     log.info("post-training stage %s from %s", stage, init[0])
-                    _train_stage(stage, init, config, id_data, entry.tmp, progress, use_gpu)
+                    _train_stage(stage, init, config, id_data, entry.build_dir, progress, use_gpu)
             summary = json.loads((entry.path / "stage.json").read_text())
             stages[stage], logs[stage], seconds[stage] = (
                 entry.path,

@@ -146,9 +146,9 @@ def train_sae_on_activations(
                 config, ChunkSource(train_source, config.d_in), resolved, progress
             )
             metrics = evaluate_sae(sae, eval_source)
-            save_sae(sae, entry.tmp)
-            (entry.tmp / "history.json").write_text(json.dumps(asdict(history)))
-            (entry.tmp / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
+            save_sae(sae, entry.build_dir)
+            (entry.build_dir / "history.json").write_text(json.dumps(asdict(history)))
+            (entry.build_dir / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
             log.info("SAE %s layer %d: %s", name, stored, metrics)
     folder = entry.path
     record = json.loads((folder / "history.json").read_text())

@@ -64,7 +64,9 @@ def latent_variance(
 ) -> Float[Tensor, " d_sae"]:
     """Population variance of each latent over tokens (a matrix or an iterable of batches)."""
     batches = [latents] if isinstance(latents, Tensor | np.ndarray) else latents
-    n, s1, s2 = 0, None, None
+    n = 0
+    s1: Tensor | None = None
+    s2: Tensor | None = None
     for batch in batches:
         b = torch.as_tensor(batch).double().cpu()
         if b.ndim != 2:
@@ -72,7 +74,7 @@ def latent_variance(
         s1 = b.sum(0) if s1 is None else s1 + b.sum(0)
         s2 = b.square().sum(0) if s2 is None else s2 + b.square().sum(0)
         n += b.shape[0]
-    if n == 0:
+    if n == 0 or s1 is None or s2 is None:
         raise ValueError("No latents given.")
     mean = s1 / n
     return (s2 / n - mean.square()).clamp_(min=0)
@@ -106,9 +108,9 @@ class TokenActivation:
 
 
 def top_activating_tokens(
-    feature_activations: Float[Tensor, " tokens"],
-    token_ids: Int[Tensor, " tokens"],
-    offsets: Int[Tensor, " seq_plus_1"],
+    feature_activations: Float[Tensor, " tokens"] | Float[np.ndarray, " tokens"],
+    token_ids: Int[Tensor, " tokens"] | Int[np.ndarray, " tokens"],
+    offsets: Int[Tensor, " seq_plus_1"] | Int[np.ndarray, " seq_plus_1"],
     tokenizer: Any,
     *,
     n: int = 10,

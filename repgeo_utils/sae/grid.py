@@ -241,7 +241,10 @@ class GridData:
         tasks = list(tasks or prof.tasks)
         results = finetune_profile(prof, tasks, seed=seed, progress=progress)
         tokenizer = load_tokenizer(prof.model) if max_tokens is not None else None
-        texts, models, acts, max_length = {}, {}, {}, {}
+        texts: dict[str, TaskTexts] = {}
+        models: dict[tuple[str, str], str | Path] = {}
+        acts: dict[tuple[str, str], ActivationSet] = {}
+        max_length: dict[str, int] = {}
         for task in tasks:
             max_length[task] = prof.finetune_settings(task).max_length
             texts[task] = task_texts(

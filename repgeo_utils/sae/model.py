@@ -115,6 +115,13 @@ class SAEConfig:
             ) from None
         return cls(d_in=d_in, d_sae=d_sae, **{**settings, **overrides})
 
+    @property
+    def active_k(self) -> int:
+        """``k`` of a TopK SAE (checked when the config is made); a ValueError for ReLU."""
+        if self.k is None:
+            raise ValueError(f"A {self.architecture!r} SAE has no k (active latents per token).")
+        return self.k
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
         out = asdict(self)
@@ -258,7 +265,7 @@ class SparseAutoencoder(nn.Module):
 def _activation(pre: Tensor, config: SAEConfig) -> Tensor:
     if config.architecture == "relu":
         return torch.relu(pre)
-    values, index = topk(pre, config.k)
+    values, index = topk(pre, config.active_k)
     return torch.zeros_like(pre).scatter_(-1, index, torch.relu(values))
 
 
@@ -271,6 +278,6 @@ def topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if pre.device.type != "cpu" or pre.dtype not in (torch.float32, torch.float64):
         return pre.topk(k, dim=-1, sorted=False)
     flat = pre.detach().reshape(-1, pre.shape[-1]).numpy()
-    index = np.argpartition(flat, flat.shape[1] - k, axis=1)[:, flat.shape[1] - k :]
-    index = torch.from_numpy(index).reshape(*pre.shape[:-1], k)
+    picked = np.argpartition(flat, flat.shape[1] - k, axis=1)[:, flat.shape[1] - k :]
+    index = torch.from_numpy(picked).reshape(*pre.shape[:-1], k)
     return torch.gather(pre, -1, index), index

@@ -89,10 +89,11 @@ class ChunkSource:
         self.iterator: Iterator | None = None
         self.used = False
         self.replay: list[Tensor] = []  # chunks of a one-shot iterator read ahead by head()
+        parts = getattr(data, "parts", None)
         if isinstance(data, Tensor | np.ndarray):
             self.matrix = as_matrix(data, d_in, "the activation matrix")
-        elif callable(getattr(data, "parts", None)):  # activations.ShardedArray: its shards
-            self.shards = list(data.parts())
+        elif callable(parts):  # activations.ShardedArray: its shards
+            self.shards = list(parts())
         elif isinstance(data, Sequence) and not isinstance(data, str | bytes):
             if len(data) == 0:
                 raise ValueError("The activation source is an empty sequence of shards.")
@@ -171,8 +172,10 @@ class ChunkSource:
             yield from self.replay
             self.replay = []
             batches: Iterator = self.iterator
-        else:
+        elif self.factory is not None:
             batches = iter(self.factory())
+        else:  # __init__ sets one of matrix, shards, iterator and factory
+            raise TypeError("The activation source holds no data.")
         for i, chunk in enumerate(batches):
             yield as_matrix(chunk, self.d_in, f"batch {i}")
 

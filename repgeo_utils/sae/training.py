@@ -117,7 +117,7 @@ def _grad_step(
     xc = x - sae.b_dec if c.subtract_decoder_bias else x
     pre = torch.addmm(sae.b_enc, xc, sae.W_enc)
     if c.architecture == "topk":
-        values, index = topk(pre, c.k)
+        values, index = topk(pre, c.active_k)
         values.clamp_(min=0)
     if not sparse:
         if c.architecture == "relu":
@@ -151,8 +151,8 @@ def _grad_step(
             torch.cumsum(torch.bincount(rows, minlength=n), 0, out=crow[1:])
         else:
             values, cols = values.reshape(-1), index.reshape(-1)
-            rows = torch.arange(n).repeat_interleave(c.k)
-            crow = torch.arange(0, n * c.k + 1, c.k)
+            rows = torch.arange(n).repeat_interleave(c.active_k)
+            crow = torch.arange(0, n * c.active_k + 1, c.active_k)
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
             h = torch.sparse_csr_tensor(
@@ -263,7 +263,9 @@ def train_on_source(
     # On the CPU, a step whose latents were sparse enough last time takes the sparse route.
     allow_sparse = device.type == "cpu"
     sparse = (
-        allow_sparse and config.architecture == "topk" and config.k < SPARSE_DENSITY * config.d_sae
+        allow_sparse
+        and config.architecture == "topk"
+        and config.active_k < SPARSE_DENSITY * config.d_sae
     )
     start = time.perf_counter()
     for epoch in range(config.epochs):
