@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import random
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+def import_afresh_warns(module: str, match: str) -> ModuleType:
+    """Import ``module`` as if for the first time and check that it warns (DeprecationWarning
+    matching ``match``): what an old import path does for one release."""
+    sys.modules.pop(module, None)
+    with pytest.warns(DeprecationWarning, match=match):
+        return importlib.import_module(module)
+
 
 # Words the tiny models know; anything else maps to [UNK].
 TINY_WORDS = (

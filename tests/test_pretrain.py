@@ -262,12 +262,9 @@ def test_recommended_settings_and_trajectory_plots(tmp_path):
 
 
 def test_old_import_path_still_works_and_warns():
-    import importlib
-    import sys
+    from conftest import import_afresh_warns
 
-    sys.modules.pop("repgeo_utils.pretrain", None)
-    with pytest.warns(DeprecationWarning, match=r"repgeo_utils\.lm"):
-        old = importlib.import_module("repgeo_utils.pretrain")
+    old = import_afresh_warns("repgeo_utils.pretrain", r"repgeo_utils\.lm")
     assert old.pretrain is lm.pretrain and old.PRETRAIN_SETTINGS is lm.PRETRAIN_SETTINGS
     from repgeo_utils.pretrain import sweep_checkpoints
 

@@ -292,12 +292,9 @@ def test_grid_settings_name_one_grid_for_notebooks_03_and_04():
 
 
 def test_old_import_path_still_works_and_warns():
-    import importlib
-    import sys
+    from conftest import import_afresh_warns
 
-    sys.modules.pop("repgeo_utils.sae_experiments", None)
-    with pytest.warns(DeprecationWarning, match=r"repgeo_utils\.sae\.grid"):
-        old = importlib.import_module("repgeo_utils.sae_experiments")
+    old = import_afresh_warns("repgeo_utils.sae_experiments", r"repgeo_utils\.sae\.grid")
     assert old.GridData is sg.GridData and old.sae_grid is sg.sae_grid
     from repgeo_utils.sae_experiments import depth_layers
 
