@@ -22,9 +22,11 @@ extractions of the same texts are row-for-row paired.
 
 Caching: the result is a :func:`repgeo_utils.cache.cache_entry` of kind ``activations``, keyed by
 the model's identity (plus :meth:`ModelRef.fingerprint`, a digest of a local folder's files, so a
-checkpoint rewritten in place is never mistaken for the old one), the revision, a hash of the texts, ``max_length``, the
-layers and the compute dtype. The entry is built in a temporary folder and renamed into place
-when complete, so a run killed half-way leaves nothing a later run would reuse.
+checkpoint rewritten in place is never mistaken for the old one), the revision, a hash of the
+texts, ``max_length``, the layers, the compute dtype and the batching (``batch_tokens``,
+``max_batch_size``: which texts share a batch moves the float sums in the last digits). The
+entry is built in a temporary folder and renamed into place when complete, so a run killed
+half-way leaves nothing a later run would reuse, and every file is checked on reuse.
 
 >>> acts = extract_activations("minilm-l6", ["a first text", "and a second"], layers=[0, -1])
 >>> acts.tokens(-1).shape, acts.pooled(-1, "mean").shape  # doctest: +SKIP
@@ -627,6 +629,8 @@ def activation_key(
     revision: str | None = None,
     max_length: int = 128,
     dtype: Dtype = "float32",
+    batch_tokens: int = 4096,
+    max_batch_size: int = 256,
 ) -> dict[str, Any]:
     """The cache key :func:`extract_activations` uses for these inputs (without running it)."""
     ref = resolve_model(model, revision)
@@ -638,6 +642,7 @@ def activation_key(
         resolve_layers(layers, n_hidden),
         max_length,
         dtype,
+        (batch_tokens, max_batch_size),
     )
 
 
@@ -648,6 +653,7 @@ def _key(
     layers: tuple[int, ...],
     max_length: int,
     dtype: str,
+    batching: tuple[int, int],
 ) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
@@ -659,6 +665,10 @@ def _key(
         "max_length": max_length,
         "layers": list(layers),
         "dtype": dtype,
+        # which texts share a batch changes the float sums (up to ~2e-6 in MiniLM's states),
+        # and so everything trained on them: the batching is part of what made the entry
+        "batch_tokens": batching[0],
+        "max_batch_size": batching[1],
     }
 
 
@@ -687,9 +697,10 @@ def extract_activations(
         revision: the model revision (hub revision or a local folder's ``revisions/<name>``).
         max_length: texts are truncated to this many tokens, special tokens included.
         dtype: ``"float32"``, or ``"bfloat16"`` (autocast compute, stored as float32).
-        batch_tokens: padded tokens per batch (texts x longest text); changes speed and memory,
-            not results, so it is not part of the cache key.
-        max_batch_size: most texts in one batch.
+        batch_tokens: padded tokens per batch (texts x longest text); mostly a speed and
+            memory setting, but which texts share a batch moves the float sums in the last
+            digits (up to ~2e-6 here), so it is part of the cache key.
+        max_batch_size: most texts in one batch (part of the key, likewise).
         shard_mb: size of one shard file on disk.
         device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
         progress: show a tqdm progress bar, in tokens.
@@ -723,7 +734,10 @@ def extract_activations(
         raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions.")
     stored_layers = resolve_layers(layers, n_hidden)
     d_model = _hidden_size(config)
-    key = _key(ref, texts_hash(texts), len(texts), stored_layers, max_length, dtype)
+    key = _key(
+        ref, texts_hash(texts), len(texts), stored_layers, max_length, dtype,
+        (batch_tokens, max_batch_size),
+    )  # fmt: skip
     name = f"{ref.cache_name}__{key['texts'][:8]}"
 
     extra_meta: dict[str, Any] = {}

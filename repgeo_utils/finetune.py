@@ -201,6 +201,20 @@ def _history(log_history: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def divergence(model: torch.nn.Module, log_history: list[dict]) -> str | None:
+    """Why a training run must not be kept: a non-finite logged loss or a non-finite weight
+    (``None`` when there is neither)."""
+    for record in log_history:
+        for name in ("loss", "eval_loss"):
+            value = record.get(name)
+            if value is not None and not math.isfinite(float(value)):
+                return f"{name} {value} at epoch {record.get('epoch')}"
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            return f"non-finite values in {name}"
+    return None
+
+
 def finetune_task(
     model_name: str,
     dataset,
@@ -291,6 +305,13 @@ def finetune_task(
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
+        problem = divergence(model, trainer.state.log_history)
+        if problem is not None:  # raising here leaves nothing in the cache
+            raise FloatingPointError(
+                f"Fine-tuning {ref.cache_name} on {task!r} diverged ({problem}) with "
+                f"learning_rate={settings.learning_rate}; nothing was cached. Lower the "
+                "learning rate or add warmup."
+            )
         post = evaluate(model, tokenizer, dataset["test"], max_length=settings.max_length)
 
         ckpt = out / "model"

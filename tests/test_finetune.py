@@ -119,3 +119,24 @@ def test_finetune_rejects_empty_split(tiny_bert, separable_task, tmp_path):
     broken["test"] = separable_task["test"].select([])
     with pytest.raises(ValueError, match="no rows in its 'test' split"):
         finetune_task(str(tiny_bert), broken, FAST, task="separable", cache_root=tmp_path)
+
+
+def test_a_diverging_fine_tune_is_refused_and_leaves_nothing_cached(
+    tiny_bert, separable_task, tmp_path
+):
+    """lr 1e9 blows the weights up: the run raises with the learning rate named, and no entry
+    (neither a result nor a checkpoint) is left for a rerun to reuse."""
+    from dataclasses import replace
+
+    with pytest.raises(FloatingPointError, match=r"diverged .* learning_rate=1000000000.0"):
+        finetune_task(
+            str(tiny_bert),
+            separable_task,
+            replace(FAST, learning_rate=1e9, epochs=2),
+            task="separable",
+            seed=0,
+            progress=False,
+            cache_root=tmp_path / "cache",
+        )
+    kind = tmp_path / "cache" / "finetune"
+    assert not any(p.is_dir() and not p.name.startswith(".") for p in kind.iterdir())

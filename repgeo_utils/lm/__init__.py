@@ -17,6 +17,7 @@ loadable revisions, and sweeps of representations over those checkpoints (paper 
 from .checkpoints import (
     LOG_SPACED_STEPS,
     checkpoint_schedule,
+    damaged_revisions,
     list_revisions,
     pythia_revisions,
     revision_step,
@@ -73,6 +74,7 @@ __all__ = [
     "count_parameters",
     "is_run_complete",
     "last_token_features",
+    "damaged_revisions",
     "list_revisions",
     "make_optimizer",
     "prepare_corpus",

@@ -23,6 +23,8 @@ from typing import Any
 
 from transformers.utils import logging as hf_logging
 
+from ..cache import build_manifest, check_files
+
 log = logging.getLogger(__name__)
 
 #: Pythia's log-spaced early checkpoints: step 0 and every power of two up to 512.
@@ -67,6 +69,30 @@ def list_revisions(folder: str | Path) -> list[str]:
     return [name for _, name in sorted(found)]
 
 
+#: Inside each revision folder: its files' sizes and digests, written before it is renamed
+#: into place (the hub's loaders ignore unknown files).
+REVISION_MANIFEST = "repgeo_revision.json"
+
+
+def damaged_revisions(folder: str | Path) -> list[str]:
+    """The saved revisions whose files no longer match the manifest written with them (a
+    revision saved before manifests existed counts as intact)."""
+    damaged = []
+    for revision in list_revisions(folder):
+        path = Path(folder) / "revisions" / revision
+        manifest_path = path / REVISION_MANIFEST
+        if not manifest_path.is_file():
+            continue
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            damaged.append(revision)
+            continue
+        if check_files(path, manifest) is not None:
+            damaged.append(revision)
+    return damaged
+
+
 def revision_step(revision: str) -> int | None:
     """The training step of a revision name (``"step512"`` -> 512), or None."""
     match = _STEP_RE.match(revision)
@@ -107,6 +133,7 @@ def save_revision(folder: Path, step: int, model, tokenizer) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step{step}-", dir=rev_root))
     try:
         save_model_quietly(model, tokenizer, tmp)
+        (tmp / REVISION_MANIFEST).write_text(json.dumps(build_manifest(tmp), indent=1))
         if final.exists():  # rewritten after a resume: same weights, replace
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -35,11 +35,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cache import META, entry_path, is_complete
+from ..cache import META, entry_path, entry_problem, is_complete, quarantine, seal
 from ..config import seed_everything
 from .checkpoints import (
     atomic_write_json,
     checkpoint_schedule,
+    damaged_revisions,
     list_revisions,
     save_model_quietly,
     save_revision,
@@ -182,11 +183,14 @@ def pretrain(
                 data.holdout_texts,
                 int(saved.get("parameters", 0)),
             )
-        if (folder / META).exists():  # a meta.json that does not match this config: stale
+        problem = entry_problem(folder, config.run_key())
+        if problem == "other key":  # a hash collision or a hand-edited meta.json
             raise RuntimeError(
                 f"{folder} holds a run whose meta.json does not match this config; remove the "
                 "folder (it is a cache entry) and run again."
             )
+        if problem not in (None, "absent"):  # a finished run whose files changed: set aside
+            quarantine(folder, str(problem))
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "run.json", {"key": config.run_key(), "complete": False})
         return _train_run(folder, config, data, stop_at_step, progress)
@@ -248,8 +252,20 @@ def _restore(folder: Path, config: PretrainConfig, model, optimizer) -> tuple[in
     """``(step, train_log)`` to continue from: the saved state of an interrupted run (model,
     optimizer and RNG states restored in place), else ``(0, [])``."""
     state_path = folder / "state" / "resume.pt"
+    damaged = damaged_revisions(folder)
+    if state_path.is_file() and damaged:
+        log.warning(
+            "%s: saved revisions %s are damaged; training again from step 0", folder, damaged
+        )
+        shutil.rmtree(folder / "revisions", ignore_errors=True)
+        _set_aside(state_path, "a saved revision is damaged")
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        try:
+            state = torch.load(state_path, weights_only=False)
+        except Exception as err:  # truncated or overwritten: unusable, never fatal
+            _set_aside(state_path, f"cannot be read: {type(err).__name__}: {err}")
+            shutil.rmtree(folder / "revisions", ignore_errors=True)
+            return 0, []
         if state.get("run_key") != config.run_key():
             raise RuntimeError(f"{state_path} was written by another config; remove {folder}.")
         model.load_state_dict(state["model"])
@@ -260,6 +276,13 @@ def _restore(folder: Path, config: PretrainConfig, model, optimizer) -> tuple[in
     if list_revisions(folder):
         log.warning("%s has revisions but no saved state; starting again from step 0", folder)
     return 0, []
+
+
+def _set_aside(path: Path, problem: str) -> None:
+    """Move an unusable resume state next to itself (``*.damaged-<time>``) and say so."""
+    target = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, target)
+    log.warning("%s %s: moved to %s; training again from step 0", path, problem, target)
 
 
 def _train_steps(
@@ -330,8 +353,8 @@ def _finish(
     atomic_write_json(folder / "train_log.json", {"log": train_log, "parameters": n_params})
     shutil.rmtree(folder / "state", ignore_errors=True)
     (folder / "run.json").unlink(missing_ok=True)
-    atomic_write_json(
-        folder / META,
+    seal(  # meta.json with every file's size and digest, last: the run is complete
+        folder,
         {
             "key": config.run_key(),
             "complete": True,

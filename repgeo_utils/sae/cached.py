@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,25 @@ def _token_rows_by_shard(
     return out
 
 
+#: A held-out FVU above this means the SAE reconstructs worse than the data mean by an order
+#: of magnitude: the run diverged (a trained SAE is below 1, an untrained one about 1-2).
+DIVERGED_FVU = 10.0
+
+
+def divergence(sae: SparseAutoencoder, metrics: SAEMetrics) -> str | None:
+    """Why a trained SAE must not be kept: non-finite weights or metrics, or a held-out FVU
+    above :data:`DIVERGED_FVU` (``None`` when there is none of these)."""
+    for name, parameter in sae.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            return f"non-finite values in {name}"
+    for name in ("mse", "fvu", "mean_l0"):
+        if not math.isfinite(getattr(metrics, name)):
+            return f"held-out {name} is {getattr(metrics, name)}"
+    if metrics.fvu > DIVERGED_FVU:
+        return f"held-out FVU {metrics.fvu:.3g} > {DIVERGED_FVU:g}"
+    return None
+
+
 def train_sae_on_activations(
     activations: ActivationSet,
     layer: int,
@@ -146,6 +166,12 @@ def train_sae_on_activations(
                 config, ChunkSource(train_source, config.d_in), resolved, progress
             )
             metrics = evaluate_sae(sae, eval_source)
+            problem = divergence(sae, metrics)
+            if problem is not None:  # raising here leaves nothing in the cache
+                raise FloatingPointError(
+                    f"SAE {name} layer {stored} diverged ({problem}) with lr={config.lr}; "
+                    "nothing was cached. Lower the learning rate or enable scale_inputs."
+                )
             save_sae(sae, entry.build_dir)
             (entry.build_dir / "history.json").write_text(json.dumps(asdict(history)))
             (entry.build_dir / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
