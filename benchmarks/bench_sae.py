@@ -139,7 +139,7 @@ def main() -> None:
         args.repeats,
     )
     # the paper's code: batch 16 (its optimiser settings do not change the cost of a step)
-    paper_config = SAEConfig.preset("paper", D_IN, D_SAE)
+    paper_config = SAEConfig.preset("paper-text", D_IN, D_SAE)
     paper = measure(paper_config, x[: max(2048, args.tokens // 8)], args.repeats)
     default_run = next((r for r in runs if r["batch_size"] == default.batch_size), runs[0])
     # the default run again on one thread: on a shared machine, two OpenMP threads fighting

@@ -108,6 +108,7 @@ def test_hand_written_gradients_match_autograd(sparse):
     for settings in (
         dict(architecture="relu", l1_coefficient=0.02, normalize_decoder=False),
         dict(architecture="relu", l1_coefficient=0.02, subtract_decoder_bias=False),
+        dict(architecture="relu", l1_coefficient=0.4, l1_reduction="mean"),
         dict(architecture="topk", k=4),
     ):
         config = SAEConfig(d_in=6, d_sae=20, **settings)
@@ -116,13 +117,16 @@ def test_hand_written_gradients_match_autograd(sparse):
             sae.b_enc.normal_(0, 0.3)
             sae.b_dec.normal_()
         x = torch.randn(17, 6, dtype=torch.float64)
-        l1 = config.l1_coefficient if config.architecture == "relu" else 0.0
+        l1 = config.l1_weight
         mse, l1_term, density = _grad_step(sae, x, l1, sparse=sparse)
         by_hand = {name: p.grad.clone() for name, p in sae.named_parameters()}
         sae.zero_grad(set_to_none=True)
         centre = sae.b_dec.detach() if config.subtract_decoder_bias else 0.0
         h = _activation((x - centre) @ sae.W_enc + sae.b_enc, config)
-        loss = ((h @ sae.W_dec + sae.b_dec - x) ** 2).mean() + l1 * h.sum(1).mean()
+        # the loss as written: lambda * sum over latents, or lambda * mean over latents
+        pooled = h.sum(1) if config.l1_reduction == "sum" else h.mean(1)
+        coefficient = config.l1_coefficient if config.architecture == "relu" else 0.0
+        loss = ((h @ sae.W_dec + sae.b_dec - x) ** 2).mean() + coefficient * pooled.mean()
         loss.backward()
         for name, p in sae.named_parameters():
             expected = p.grad
@@ -401,6 +405,7 @@ def test_load_sae_missing_folder(tmp_path):
         (dict(train_on="sentences"), "train_on must be"),
         (dict(seed=-1), "seed must be"),
         (dict(init_density=1.5), "init_density must be in"),
+        (dict(l1_reduction="max"), "l1_reduction must be 'sum' or 'mean'"),
     ],
 )
 def test_bad_configs_fail_with_messages(settings, message):
@@ -409,10 +414,22 @@ def test_bad_configs_fail_with_messages(settings, message):
 
 
 def test_presets():
-    paper = SAEConfig.preset("paper", 768, 1024)
+    paper = SAEConfig.preset("paper-text", 768, 1024)
     assert (paper.lr, paper.epochs, paper.batch_size, paper.l1_coefficient) == (2e-5, 10, 16, 1e-3)
+    assert paper.l1_reduction == "sum" and paper.l1_weight == 1e-3
+    code = SAEConfig.preset("paper-code", 768, 1024)
+    assert replace(code, l1_reduction="sum") == paper  # the L1 pooling is the only difference
+    assert code.l1_weight == pytest.approx(1e-3 / 1024)  # 1,024 times weaker per latent
     assert SAEConfig.preset("default", 384, 1024) == SAEConfig(d_in=384, d_sae=1024)
-    assert SAEConfig.preset("paper", 8, 16, epochs=2).epochs == 2
+    assert SAEConfig.preset("paper-text", 8, 16, epochs=2).epochs == 2
+    with pytest.warns(DeprecationWarning, match="paper-text"):
+        assert SAEConfig.preset("paper", 768, 1024) == paper
+    # the cache key: the new field is left out at its old behaviour (old entries stay valid)
+    # and written when it differs, so the two conventions never share an entry
+    assert "l1_reduction" not in paper.to_dict()
+    assert code.to_dict()["l1_reduction"] == "mean"
+    assert SAEConfig.from_dict(code.to_dict()) == code
+    assert SAEConfig.preset("topk-32", 384, 1024).l1_weight == 0.0
     assert SAEConfig.preset("topk-32", 384, 1024).k == 32
     assert SAEConfig.preset("l1-sparse", 384, 1024).l1_coefficient == 1e-2
     with pytest.raises(ValueError, match="Known presets"):

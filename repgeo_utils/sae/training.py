@@ -42,7 +42,7 @@ class TrainHistory:
 
     step_loss: list[float] = field(default_factory=list)
     step_mse: list[float] = field(default_factory=list)
-    #: mean over tokens of sum_i h_i (the L1 term before multiplying by the coefficient)
+    #: mean over tokens of sum_i h_i (the L1 term before multiplying by ``config.l1_weight``)
     step_l1: list[float] = field(default_factory=list)
     #: mean active latents a token in each training batch (nan where not counted, on a GPU)
     step_l0: list[float] = field(default_factory=list)
@@ -259,7 +259,7 @@ def train_on_source(
     n_tokens = source.n_tokens
     total = math.ceil(n_tokens / config.batch_size) * config.epochs if n_tokens else None
     bar = tqdm(total=total, desc=f"SAE {sae.extra_repr()}", unit="step", disable=not progress)
-    l1 = config.l1_coefficient if config.architecture == "relu" else 0.0
+    l1 = config.l1_weight  # the coefficient of sum_i h_i (l1_reduction "mean": / d_sae)
     # On the CPU, a step whose latents were sparse enough last time takes the sparse route.
     allow_sparse = device.type == "cpu"
     sparse = (
