@@ -233,3 +233,39 @@ def load_findings(
     for name, item in raw["findings"].items():
         found.items[name] = Finding(**item)
     return found
+
+
+# --- spreads recorded by the reproducibility runs ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedSpread:
+    """How much one finding moved between runs recorded in ``benchmarks/``: half the range of
+    its values over ``runs`` (e.g. seeds 0, 1, 2)."""
+
+    half_range: float
+    runs: tuple[str, ...]
+    source: str  # e.g. "seeds 0-2 (make reproducibility)"
+
+    def __str__(self) -> str:
+        return f"± {self.half_range:.3g} over {self.source}"
+
+
+def recorded_spread(
+    notebook: str, name: str, *, kind: str = "seeds", path: str | Path | None = None
+) -> RecordedSpread | None:
+    """The spread of finding ``name`` of ``notebook`` over the recorded ``kind`` of runs
+    (``"seeds"``), or None when nothing was recorded (a new finding, or no record yet)."""
+    path = Path(path) if path is not None else REPRODUCIBILITY_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text()).get(kind, {})
+    values = record.get(notebook, {}).get(name)
+    if not values or len(values) < 2:
+        return None
+    numbers = {run: v for run, v in values.items() if isinstance(v, int | float)}
+    if len(numbers) < 2:
+        return None
+    runs = tuple(sorted(numbers, key=lambda r: (len(r), r)))
+    label = f"{kind} {', '.join(runs)}"
+    return RecordedSpread(half_range(numbers.values()), runs, label)

@@ -366,3 +366,45 @@ def compare_models(
         for model, revision in ((model_a, revision_a), (model_b, revision_b))
     )
     return layer_similarity(a, b, measures=measures, exclude_special=exclude_special)
+
+
+def half_sample_spread(
+    a: ActivationSet,
+    b: ActivationSet,
+    layers: Sequence[int] | None = None,
+    measures: Sequence[str] = MEASURES,
+    *,
+    n_halves: int = 10,
+    seed: int = 0,
+    exclude_special: bool = False,
+) -> pd.DataFrame:
+    """How much each measure depends on which texts were measured: the standard deviation of
+    the measure over ``n_halves`` random halves of the texts, divided by sqrt(2) (an estimate of
+    the standard error of the value on all texts).
+
+    Returns columns ``layer``, ``measure`` and ``spread``, one row per (layer, measure).
+    """
+    check_paired(a, b)
+    if n_halves < 2:
+        raise ValueError(f"n_halves must be at least 2, got {n_halves}")
+    if a.n_texts < 4:
+        raise ValueError(f"half samples need at least 4 texts, got {a.n_texts}")
+    rng = np.random.default_rng(seed)
+    lengths = a.lengths
+    special = np.asarray(a.special_mask, dtype=bool)
+    masks = []
+    for _ in range(n_halves):
+        chosen = np.zeros(a.n_texts, dtype=bool)
+        chosen[rng.permutation(a.n_texts)[: a.n_texts // 2]] = True
+        mask = np.repeat(chosen, lengths)
+        masks.append(mask & ~special if exclude_special else mask)
+    records = []
+    for layer in a.layers if layers is None else layers:
+        x, y = a.tokens(layer), b.tokens(layer)
+        values = [similarity_measures(x, y, measures, mask=mask) for mask in masks]
+        for measure in measures:
+            spread = float(np.std([v[measure] for v in values], ddof=1) / np.sqrt(2))
+            records.append(
+                {"layer": int(layer) % a.n_hidden_states, "measure": measure, "spread": spread}
+            )
+    return pd.DataFrame.from_records(records, columns=["layer", "measure", "spread"])

@@ -1,0 +1,106 @@
+"""Notebook summaries: every sentence follows the numbers it is given (flip the numbers, the
+sentence flips), and the findings record what the sentences quote."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from repgeo_utils.config import FinetuneSettings
+from repgeo_utils.finetune import EvalReport, FinetuneResult
+from repgeo_utils.summaries import finetuning, similarity
+
+
+def _result(task, y_true, pre_pred, post_pred, names):
+    return FinetuneResult(
+        model="m", task=task, seed=0, settings=FinetuneSettings(), checkpoint=None,
+        pre=EvalReport.from_predictions(y_true, pre_pred, names),
+        post=EvalReport.from_predictions(y_true, post_pred, names),
+        history=pd.DataFrame(), train_seconds=1.0, train_tokens=1,
+    )  # fmt: skip
+
+
+def _task(task, n, post_correct, names=("neg", "pos"), skew=0.6, rng=None):
+    rng = rng or np.random.default_rng(0)
+    k = len(names)
+    y = np.array([0] * int(n * skew) + list(rng.integers(1, k, n - int(n * skew))))
+    pre = np.zeros(n, dtype=int)  # the untrained head says class 0 for everything
+    post = y.copy()
+    wrong = rng.permutation(n)[: n - post_correct]
+    post[wrong] = (y[wrong] + 1) % k
+    return _result(task, y, pre, post, list(names))
+
+
+def test_binomial_standard_error_by_hand():
+    assert finetuning.binomial_se(0.5, 100) == pytest.approx(0.05)
+    assert finetuning.binomial_se(1.0, 10) == 0.0
+    with pytest.raises(ValueError, match="n must be at least 1, got 0"):
+        finetuning.binomial_se(0.5, 0)
+
+
+STANDS = {"bin": "imdb", "three": "spotify", "topic": "news"}
+
+
+def test_finetuning_summary_follows_the_numbers():
+    results = {
+        "bin": _task("bin", 300, 270),
+        "three": _task("three", 300, 210, names=("neg", "neu", "pos")),
+        "topic": _task("topic", 200, 186, names=("a", "b", "c", "d", "e")),
+    }
+    text = finetuning.summary(results, STANDS)
+    assert "lifts every task above its untrained-head baseline" in text
+    assert (
+        "The multi-class sentiment task (three) is the hardest of the three, as in the paper."
+        in text
+    )
+    assert "100% of its test predictions are `neg`, a class that is 60% of the test texts" in text
+    assert "0.60 → 0.900 ± 0.017 (± binomial standard error on 300 test texts)" in text
+    # the multi-class task is no longer the hardest, and one task barely learns
+    results["three"] = _task("three", 300, 285, names=("neg", "neu", "pos"))
+    results["bin"] = _task("bin", 300, 185)
+    text = finetuning.summary(results, STANDS)
+    assert "Unlike the paper, the hardest task here is bin" in text
+    assert "does not clearly lift bin above its untrained-head baseline" in text
+    found = finetuning.findings(results)
+    assert found["every_task_learned"].value == "no"
+    assert found["bin.post_accuracy"].spread == pytest.approx(
+        finetuning.binomial_se(185 / 300, 300)
+    )
+
+
+def _sim(values_by_task):
+    rows = []
+    for task, per_measure in values_by_task.items():
+        for measure, values in per_measure.items():
+            rows += [
+                {"task": task, "layer": i, "measure": measure, "value": v}
+                for i, v in enumerate(values)
+            ]
+    return pd.DataFrame(rows)
+
+
+FALLING = {
+    "cosine_of_means": [0.99, 0.97, 0.95, 0.9, 0.8, 0.7, 0.05],
+    "mean_token_cosine": [1.0, 0.99, 0.97, 0.9, 0.8, 0.6, 0.25],
+    "linear_cka": [1.0, 0.99, 0.98, 0.85, 0.65, 0.3, 0.2],
+}
+
+
+def test_similarity_summary_follows_the_numbers():
+    sim = _sim(
+        {"topic": FALLING, "bin": {m: [min(1, v + 0.1) for v in vs] for m, vs in FALLING.items()}}
+    )
+    text = similarity.summary(sim, {"topic": "news", "bin": "imdb"})
+    assert "every measure falls with depth, layer by layer, for every task" in text
+    assert "the task that moves the last layer most is the topic task (topic)" in text
+    assert "On topic the cosine of means at the last layer is 0.05" in text
+    assert "linear CKA is already 0.30-0.40 while the per-token cosine is 0.60-0.70" in text
+    assert "Offline there is one pre-trained model size" in text
+    rising = {**FALLING, "linear_cka": [1.0, 0.99, 0.98, 0.85, 0.65, 0.9, 0.2]}
+    text = similarity.summary(_sim({"topic": rising}), {"topic": "news"})
+    assert "except linear_cka on topic" in text
+    assert "linear CKA is not below the per-token cosine for every task" in text
+    found = similarity.findings(_sim({"topic": rising}))
+    assert found["topic.linear_cka.layer6"].value == pytest.approx(0.2)
+    assert found["falls_with_depth"].value == "yes"  # first to last still falls
