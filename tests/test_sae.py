@@ -21,7 +21,9 @@ from repgeo_utils.sae import (
     latent_statistics,
     load_sae,
     match_features,
+    reconstruction_cosine,
     save_sae,
+    shrinkage,
     sparsity_stats,
     split_texts,
     top_activating_tokens,
@@ -277,12 +279,30 @@ def test_evaluate_sae_hand_made():
     assert m.mse == pytest.approx(6 / 8)
     assert m.fvu == pytest.approx(0.6)
     assert m.fve == pytest.approx(0.4)
+    # ||x_hat|| / ||x|| per token: 1, 1/2, 0, 0 (zero input divides by 1) -> 0.375
+    # cosines: 1, 1, 0 (x_hat = 0), 0 -> 0.5; bias: sum ||x_hat||^2 / sum <x, x_hat> = 2 / 3
+    assert m.shrinkage == pytest.approx(0.375)
+    assert m.cosine == pytest.approx(0.5)
+    assert m.relative_reconstruction_bias == pytest.approx(2 / 3)
     # per latent over the 4 tokens: values (1,0,0,0), (0,2,0,0), (0,0,0,0)
     stats = latent_statistics(sae, [x[:1], x[1:]])
     assert stats.n_tokens == 4
     torch.testing.assert_close(stats.firing_frequency, torch.tensor([0.25, 0.25, 0.0]).double())
     torch.testing.assert_close(stats.mean, torch.tensor([0.25, 0.5, 0.0]).double())
     torch.testing.assert_close(stats.variance, torch.tensor([0.1875, 0.75, 0.0]).double())
+
+
+def test_shrinkage_and_cosine_known_answers():
+    x = torch.randn(50, 8)
+    assert shrinkage(x, 0.5 * x) == pytest.approx(0.5)
+    assert reconstruction_cosine(x, 0.5 * x) == pytest.approx(1.0)
+    assert reconstruction_cosine(x, -x) == pytest.approx(-1.0)
+    # a reconstruction orthogonal to every token, of the same length
+    flipped = torch.stack([x[:, 1], -x[:, 0]], 1)
+    assert shrinkage(x[:, :2], flipped) == pytest.approx(1.0)
+    assert reconstruction_cosine(x[:, :2], flipped) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="one shape"):
+        shrinkage(x, x[:, :4])
 
 
 def test_top_variance_features_hand_computed():
@@ -530,6 +550,33 @@ def test_train_sae_on_activations_streams_and_caches(tiny_activations, monkeypat
     eval_rows = np.repeat(first.eval_texts, acts.lengths)
     recomputed = evaluate_sae(first.sae, np.asarray(acts.tokens(-1))[eval_rows])
     assert recomputed.fvu == pytest.approx(first.metrics.fvu, rel=1e-5)
+    assert recomputed.shrinkage == pytest.approx(first.metrics.shrinkage, rel=1e-5)
+
+
+def test_entries_cached_before_shrinkage_existed_are_measured_on_load(
+    tiny_activations, monkeypatch
+):
+    from repgeo_utils.sae.metrics import SAEMetrics
+
+    acts = tiny_activations
+    config = SAEConfig(d_in=16, d_sae=32, epochs=1, batch_size=64, seed=5)
+    old_record = SAEMetrics.as_dict
+
+    def without_new_fields(self):
+        out = old_record(self)
+        for name in sae_cached.LATER_METRICS:
+            del out[name]
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SAEMetrics, "as_dict", without_new_fields)
+        first = train_sae_on_activations(acts, -1, config, progress=False)
+    stored = json.loads((first.path / "metrics.json").read_text())
+    assert "shrinkage" not in stored
+    again = train_sae_on_activations(acts, -1, config, progress=False)  # a cache hit
+    assert again.path == first.path
+    assert 0 < again.metrics.shrinkage < 2 and 0 < again.metrics.cosine <= 1
+    assert again.metrics.fvu == pytest.approx(stored["fvu"], rel=1e-6)
 
 
 def test_train_sae_on_activations_sequence_means_and_errors(tiny_activations):

@@ -7,7 +7,8 @@ save/load and SAEs trained on cached activations.
 - :mod:`~repgeo_utils.sae.model`: :class:`SAEConfig`, :data:`PRESETS`, :class:`SparseAutoencoder`;
 - :mod:`~repgeo_utils.sae.sources`: what activations an SAE can read (matrix, shards, stream);
 - :mod:`~repgeo_utils.sae.training`: :func:`train_sae` (hand-written gradients, sparse CPU route);
-- :mod:`~repgeo_utils.sae.metrics`: :class:`SAEMetrics`, :func:`evaluate_sae`, FVU, sparsity;
+- :mod:`~repgeo_utils.sae.metrics`: :class:`SAEMetrics`, :func:`evaluate_sae`, FVU, sparsity,
+  shrinkage and cosine;
 - :mod:`~repgeo_utils.sae.features`: latent statistics, top features and tokens, matching;
 - :mod:`~repgeo_utils.sae.io`: :func:`save_sae`, :func:`load_sae`;
 - :mod:`~repgeo_utils.sae.cached`: :func:`train_sae_on_activations` and its cache key;
@@ -35,6 +36,8 @@ from .metrics import (
     encode_batches,
     evaluate_sae,
     fraction_of_variance_unexplained,
+    reconstruction_cosine,
+    shrinkage,
     sparsity_stats,
 )
 from .model import PRESETS, Architecture, SAEConfig, SparseAutoencoder, TrainOn
@@ -68,7 +71,9 @@ __all__ = [
     "load_sae",
     "match_features",
     "sae_cache_key",
+    "reconstruction_cosine",
     "save_sae",
+    "shrinkage",
     "sparsity_stats",
     "split_texts",
     "top_activating_tokens",

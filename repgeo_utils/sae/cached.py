@@ -92,6 +92,10 @@ def _token_rows_by_shard(
     return out
 
 
+#: Metrics added after SAEs were first cached: an entry without them is evaluated again on
+#: load (in memory) instead of reporting NaN.
+LATER_METRICS = ("shrinkage", "cosine", "relative_reconstruction_bias")
+
 #: A held-out FVU above this means the SAE reconstructs worse than the data mean by an order
 #: of magnitude: the run diverged (a trained SAE is below 1, an untrained one about 1-2).
 DIVERGED_FVU = 10.0
@@ -152,11 +156,11 @@ def train_sae_on_activations(
         exclude_special=exclude_special,
     )
     name = f"{activations.path.name}__L{stored}__{config.architecture}"
+    token_held_out = np.repeat(held_out, activations.lengths)
+    keep = ~activations.special_mask if exclude_special else np.ones_like(token_held_out)
+    eval_source = _token_rows_by_shard(tokens, token_held_out & keep)
     with cache_entry("sae", name, key, root=root) as entry:
         if not entry.exists:
-            token_held_out = np.repeat(held_out, activations.lengths)
-            keep = ~activations.special_mask if exclude_special else np.ones_like(token_held_out)
-            eval_source = _token_rows_by_shard(tokens, token_held_out & keep)
             if config.train_on == "sequence_means":
                 train_source = activations.pooled(stored, "mean")[~held_out]
             else:
@@ -180,10 +184,16 @@ def train_sae_on_activations(
     record = json.loads((folder / "history.json").read_text())
     metrics_record = json.loads((folder / "metrics.json").read_text())
     metrics_record.pop("fve", None)
+    sae = load_sae(folder, device="cpu" if device is None else device)
+    metrics = SAEMetrics(**metrics_record)
+    if any(name not in metrics_record for name in LATER_METRICS):
+        # an entry made before these measures existed: measured again on the same held-out
+        # tokens, in memory (a committed entry is never rewritten)
+        metrics = evaluate_sae(sae, eval_source)
     return TrainedSAE(
-        sae=load_sae(folder, device="cpu" if device is None else device),
+        sae=sae,
         history=TrainHistory(**record),
-        metrics=SAEMetrics(**metrics_record),
+        metrics=metrics,
         path=folder,
         layer=stored,
         eval_texts=held_out,

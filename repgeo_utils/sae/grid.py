@@ -283,8 +283,9 @@ class SAEGrid:
         return list(self.runs)
 
     def metrics_table(self) -> pd.DataFrame:
-        """MSE, FVU, FVE, mean L0, dead and dense latents on the held-out texts' tokens, one row
-        per SAE, with its training time."""
+        """MSE, FVU, mean L0, dead and dense latents, shrinkage (mean ``||x_hat|| / ||x||``) and
+        cosine (mean ``cos(x_hat, x)``) on the held-out texts' tokens, one row per SAE, with its
+        training time."""
         rows = []
         for (task, depth, model), run in self.runs.items():
             m = run.metrics
@@ -300,6 +301,8 @@ class SAEGrid:
                     "L0": m.mean_l0,
                     "dead": m.dead,
                     "dense": m.dense,
+                    "shrinkage": m.shrinkage,
+                    "cosine": m.cosine,
                     "train s": run.history.seconds,
                 }
             )
