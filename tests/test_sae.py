@@ -391,7 +391,7 @@ def test_save_load_round_trip(tmp_path, synthetic, architecture):
     folder = save_sae(sae, tmp_path / "sae")
     from safetensors import safe_open
 
-    with safe_open(str(folder / "sae.safetensors"), "pt") as f:
+    with safe_open(str(folder / "repgeo_sae.safetensors"), "pt") as f:
         assert sorted(f.keys()) == ["W_dec", "W_enc", "b_dec", "b_enc"]
         assert f.get_tensor("W_enc").shape == (32, 48)
     meta = json.loads((folder / "config.json").read_text())

@@ -10,7 +10,8 @@ save/load and SAEs trained on cached activations.
 - :mod:`~repgeo_utils.sae.metrics`: :class:`SAEMetrics`, :func:`evaluate_sae`, FVU, sparsity,
   shrinkage and cosine;
 - :mod:`~repgeo_utils.sae.features`: latent statistics, top features and tokens, matching;
-- :mod:`~repgeo_utils.sae.io`: :func:`save_sae`, :func:`load_sae`;
+- :mod:`~repgeo_utils.sae.io`: :func:`save_sae`, :func:`load_sae`, and SAELens's format
+  (:func:`export_saelens`, :func:`load_saelens`);
 - :mod:`~repgeo_utils.sae.cached`: :func:`train_sae_on_activations` and its cache key;
 - :mod:`~repgeo_utils.sae.grid`: the task x depth x model grid of notebooks 03 and 04 (import it
   as ``from repgeo_utils.sae import grid``; it needs fine-tuning and activation extraction, so
@@ -29,7 +30,20 @@ from .features import (
     top_activating_tokens,
     top_variance_features,
 )
-from .io import CONFIG_FILE, FORMAT, WEIGHTS_FILE, load_sae, save_sae
+from .io import (
+    CONFIG_FILE,
+    FORMAT,
+    LEGACY_WEIGHTS_FILES,
+    WEIGHTS_FILE,
+    export_saelens,
+    fold_decoder_norms,
+    load_sae,
+    load_saelens,
+    log10_sparsity,
+    read_saelens_sparsity,
+    saelens_hook_name,
+    save_sae,
+)
 from .metrics import (
     SAEMetrics,
     SparsityStats,
@@ -47,6 +61,7 @@ from .training import TrainHistory, train_sae
 __all__ = [
     "CONFIG_FILE",
     "FORMAT",
+    "LEGACY_WEIGHTS_FILES",
     "PRESETS",
     "WEIGHTS_FILE",
     "ActivationSource",
@@ -65,13 +80,19 @@ __all__ = [
     "decoder_directions",
     "encode_batches",
     "evaluate_sae",
+    "export_saelens",
+    "fold_decoder_norms",
     "fraction_of_variance_unexplained",
     "latent_statistics",
     "latent_variance",
     "load_sae",
+    "load_saelens",
+    "log10_sparsity",
     "match_features",
     "sae_cache_key",
+    "read_saelens_sparsity",
     "reconstruction_cosine",
+    "saelens_hook_name",
     "save_sae",
     "shrinkage",
     "sparsity_stats",
