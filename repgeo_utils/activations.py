@@ -54,10 +54,10 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
-from transformers import AutoConfig
 
+from . import validate
 from .cache import cache_entry, read_meta
-from .models import ModelRef, load_model, load_tokenizer, resolve_model
+from .models import ModelRef, load_config, load_model, load_tokenizer, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ def resolve_layers(layers: Sequence[int] | int | None, n_hidden_states: int) -> 
 
 
 def _model_config(ref: ModelRef):
-    return AutoConfig.from_pretrained(ref.path, revision=ref.revision)
+    # through models' loader: an unreachable hub model raises ModelUnavailableError
+    return load_config(ref)
 
 
 def _hidden_size(config) -> int:
@@ -338,6 +339,11 @@ class ActivationSet:
         return self._cache[name]
 
     def _layer(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
+            raise TypeError(
+                f"layer must be an int (a hidden_states index), got {type(layer).__name__} "
+                f"{layer!r}"
+            )
         if not -self.n_hidden_states <= layer < self.n_hidden_states:
             raise IndexError(
                 f"layer {layer} is out of range: the model had {self.n_hidden_states} hidden "
@@ -414,8 +420,15 @@ class ActivationSet:
 
     def text_rows(self, text_index: int) -> slice:
         """The rows of one text."""
+        if isinstance(text_index, bool) or not isinstance(text_index, int | np.integer):
+            raise TypeError(
+                f"text_index must be an int, got {type(text_index).__name__} {text_index!r}"
+            )
         if not 0 <= text_index < self.n_texts:
-            raise IndexError(f"text {text_index} out of range for {self.n_texts} texts")
+            raise IndexError(
+                f"text {text_index} out of range: this set holds {self.n_texts} texts "
+                f"(0..{self.n_texts - 1})"
+            )
         return slice(int(self.offsets[text_index]), int(self.offsets[text_index + 1]))
 
     def tokenizer(self):
@@ -431,8 +444,12 @@ class ActivationSet:
         """Map token rows back to ``text_index``, ``position``, ``token_id``, ``token`` and
         ``special`` (one DataFrame row per requested row, in the order given)."""
         rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
-        if rows.size and (rows.min() < 0 or rows.max() >= self.n_tokens):
-            raise IndexError(f"row index out of range for {self.n_tokens} rows")
+        outside = rows[(rows < 0) | (rows >= self.n_tokens)]
+        if outside.size:
+            raise IndexError(
+                f"rows {outside[:5].tolist()} are out of range: this set has {self.n_tokens} "
+                f"token rows (0..{self.n_tokens - 1})"
+            )
         text_index = np.searchsorted(self.offsets, rows, side="right") - 1
         ids = self.token_ids[rows]
         return pd.DataFrame(
@@ -621,6 +638,36 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_arguments(
+    texts: Sequence[str], max_length: int, dtype: str, batch_tokens: int, max_batch_size: int
+) -> list[str]:
+    """The texts as a list, after checking the arguments that need no model."""
+    texts = validate.text_list("texts", texts)
+    validate.positive_int("max_length", max_length)
+    validate.one_of("dtype", dtype, ("float32", "bfloat16"))
+    validate.positive_int("batch_tokens", batch_tokens)
+    validate.positive_int("max_batch_size", max_batch_size)
+    return texts
+
+
+def _check_max_length(max_length: int, config, tokenizer) -> None:
+    """``max_length`` within the model's positions and above its special tokens: a text cut
+    to fewer tokens than the special ones would not be cut at all (the tokenizer keeps it whole
+    and warns), so the set would silently hold full-length texts."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise ValueError(
+            f"max_length {max_length} exceeds the model's {positions} positions; use at most "
+            f"{positions}."
+        )
+    special = int(tokenizer.num_special_tokens_to_add(pair=False))
+    if max_length < special + 1:
+        raise ValueError(
+            f"max_length {max_length} leaves no room for text: the tokenizer adds {special} "
+            f"special tokens to every text, so max_length must be at least {special + 1}."
+        )
+
+
 def activation_key(
     model: str | Path,
     texts: Sequence[str],
@@ -633,11 +680,12 @@ def activation_key(
     max_batch_size: int = 256,
 ) -> dict[str, Any]:
     """The cache key :func:`extract_activations` uses for these inputs (without running it)."""
+    texts = _check_arguments(texts, max_length, dtype, batch_tokens, max_batch_size)
     ref = resolve_model(model, revision)
     n_hidden = int(_model_config(ref).num_hidden_layers) + 1
     return _key(
         ref,
-        texts_hash(list(texts)),
+        texts_hash(texts),
         len(texts),
         resolve_layers(layers, n_hidden),
         max_length,
@@ -715,24 +763,16 @@ def extract_activations(
             beyond the model's positions.
         IndexError: a layer outside the model's ``hidden_states``.
     """
-    texts = list(texts)
-    if not texts:
-        raise ValueError("texts is empty: there is nothing to extract activations from.")
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        raise TypeError(f"texts[{bad}] is a {type(texts[bad]).__name__}, not a str.")
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+    texts = _check_arguments(texts, max_length, dtype, batch_tokens, max_batch_size)
+    shard_mb = validate.positive_float("shard_mb", shard_mb)
+    if device is not None:
+        device = str(validate.torch_device("device", device))
 
     ref = resolve_model(model, revision)
     config = _model_config(ref)
     n_hidden = int(config.num_hidden_layers) + 1
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is not None and max_length > positions:
-        raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions.")
     stored_layers = resolve_layers(layers, n_hidden)
+    _check_max_length(max_length, config, load_tokenizer(model, revision))
     d_model = _hidden_size(config)
     key = _key(
         ref, texts_hash(texts), len(texts), stored_layers, max_length, dtype,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import validate
+
 log = logging.getLogger(__name__)
 
 #: Repository root (the package is installed in editable mode, so this is the checkout).
@@ -57,9 +59,41 @@ def package_dir(package: str, error: type[OSError] = FileNotFoundError) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
+#: The optimiser names ``TrainingArguments(optim=...)`` accepts (transformers 5:
+#: ``transformers.training_args.OptimizerNames``). Kept here so that making a setting does not
+#: load transformers (seconds); ``tests/test_bad_inputs.py`` checks it against the installed one.
+TRAINER_OPTIMIZERS: tuple[str, ...] = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor",
+    "adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad",
+    "adamw_bnb_8bit", "adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit",
+    "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit",
+    "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor",
+    "galore_adamw_layerwise", "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise",
+    "lomo", "adalomo", "grokadamw", "schedule_free_radam", "schedule_free_adamw",
+    "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise", "stable_adamw",
+)  # fmt: skip
+
+#: The learning-rate schedules ``TrainingArguments(lr_scheduler_type=...)`` accepts
+#: (``transformers.SchedulerType``; checked by the same test).
+TRAINER_SCHEDULERS: tuple[str, ...] = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+    "warmup_stable_decay", "greedy",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Optimisation settings of one fine-tuning run (part of the cache key)."""
+    """Optimisation settings of one fine-tuning run (part of the cache key).
+
+    Checked when made, so a bad value fails here and not inside the Trainer after the model
+    has loaded: a finite ``learning_rate`` > 0, finite ``epochs`` > 0 (a fraction of an epoch is
+    allowed), ``batch_size`` an int >= 1, a finite ``weight_decay`` >= 0, ``warmup_ratio`` in
+    [0, 1] (the share of the optimisation steps spent warming up), ``max_length`` an int >= 2,
+    and ``optimizer`` / ``lr_scheduler`` names the Trainer knows (:data:`TRAINER_OPTIMIZERS`,
+    :data:`TRAINER_SCHEDULERS`).
+    """
 
     learning_rate: float = 2e-5
     epochs: float = 10.0
@@ -71,14 +105,14 @@ class FinetuneSettings:
     lr_scheduler: str = "linear"
 
     def __post_init__(self) -> None:
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be positive, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+        validate.positive_float("learning_rate", self.learning_rate)
+        validate.positive_float("epochs", self.epochs)
+        validate.positive_int("batch_size", self.batch_size)
+        validate.non_negative_float("weight_decay", self.weight_decay)
+        validate.fraction("warmup_ratio", self.warmup_ratio)
+        validate.integer("max_length", self.max_length, minimum=2)
+        validate.one_of("optimizer", self.optimizer, TRAINER_OPTIMIZERS)
+        validate.one_of("lr_scheduler", self.lr_scheduler, TRAINER_SCHEDULERS)
 
 
 @dataclass(frozen=True)
@@ -140,7 +174,7 @@ def get_profile(name: str | Profile) -> Profile:
         return name
     try:
         return PROFILES[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable name, say a list
         raise ValueError(
             f"Unknown profile {name!r}. Known profiles: {', '.join(sorted(PROFILES))}."
         ) from None
@@ -148,12 +182,11 @@ def get_profile(name: str | Profile) -> Profile:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so a rerun gives the same numbers."""
+    seed = validate.non_negative_int("seed", seed)
     # every module imports config, the light ones too (data, spectral, plotting): torch, which
     # takes seconds to load, is loaded only when something is seeded
     import torch  # noqa: PLC0415
 
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

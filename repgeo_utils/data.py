@@ -24,8 +24,12 @@ each processed text kept), a seeded stratified cap on rows, and a seeded stratif
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
 import logging
+import math
+import numbers
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import validate
 from .config import get_profile, package_dir
 
 log = logging.getLogger(__name__)
@@ -312,39 +317,159 @@ def _read_hub(spec: TaskSpec, path: str | Path | None, revision: str | None) -> 
     return df.dropna(subset=["label"]).reset_index(drop=True)
 
 
-def _read_csv(path: str, label_names: Sequence[str] | None) -> tuple[pd.DataFrame, tuple]:
+#: How a CSV task's labels are read against ``label_names`` (see :func:`load_task`).
+LABEL_READINGS = ("auto", "names", "positions")
+
+
+def _csv_text(p: Path) -> str:
+    """The text of a CSV task file: UTF-8 (a byte-order mark is allowed), or UTF-16 with a
+    byte-order mark. Anything else is refused with the file's name and what would work."""
+    raw = p.read_bytes()
+    if not raw.strip():
+        raise ValueError(
+            f"CSV task file {p} is empty: it needs a header line 'text,label' and one row per text."
+        )
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"CSV task file {p} starts with a UTF-16 byte-order mark but is not valid UTF-16 "
+                f"({err.reason} at byte {err.start}); save it as UTF-8."
+            ) from None
+    if b"\x00" in raw[:65536]:
+        raise ValueError(
+            f"CSV task file {p} is not text: it holds NUL bytes (a binary file, or UTF-16 "
+            "without a byte-order mark). A CSV task is UTF-8 text with a 'text,label' header."
+        )
+    try:
+        return raw.decode("utf-8-sig")  # UTF-8, with or without a byte-order mark
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"CSV task file {p} is not UTF-8: byte {raw[err.start]:#04x} on line {line} "
+            f"({raw[max(0, err.start - 20) : err.start + 20]!r}). Save it as UTF-8 (a spreadsheet's "
+            "'CSV UTF-8', or `iconv -f latin1 -t utf-8 in.csv > out.csv` for a Latin-1 file)."
+        ) from None
+
+
+def _csv_labels(
+    p: Path, labels: pd.Series, label_names: Sequence[str] | None, labels_as: str
+) -> tuple[pd.Series, tuple[str, ...]]:
+    """The label column as class names, and the class names in id order.
+
+    A label is the text of its cell. Without ``label_names`` the classes are the distinct labels,
+    sorted. With them, ``labels_as`` says how a label picks its class: ``"names"`` (the label is
+    the class name), ``"positions"`` (an integer label indexes ``label_names``) or ``"auto"``:
+    names when every label is one, positions when every label is an integer index and not
+    every label is a name. When the labels are both names and indices and the two readings
+    differ (star ratings 1-3 with the names "1".."4"), ``"auto"`` refuses and shows both.
+    """
+    found = sorted(labels.unique())
+    if label_names is None:
+        if labels_as == "positions":
+            raise ValueError(
+                f"labels_as='positions' needs label_names (the class names the labels index); "
+                f"{p} has labels {found[:10]}."
+            )
+        return labels, tuple(found)
+    names = tuple(validate.text_list("label_names", label_names, unique=True))
+    if len(names) < 2:
+        raise ValueError(f"label_names must name at least 2 classes, got {list(names)}")
+    integers = all(re.fullmatch(r"[+-]?\d+", label) for label in found)
+    as_positions = integers and all(0 <= int(label) < len(names) for label in found)
+    as_names = set(found) <= set(names)
+    reading = labels_as
+    if reading == "auto":
+        if as_names and as_positions and any(names[int(label)] != label for label in found):
+            shown = found[:5]
+            raise ValueError(
+                f"{p}: the labels {found} read two ways against label_names {list(names)}, and "
+                "the readings differ: as names "
+                + ", ".join(f"{label} -> {label!r}" for label in shown)
+                + "; as positions "
+                + ", ".join(f"{label} -> {names[int(label)]!r}" for label in shown)
+                + ". Say which: labels_as='names' or labels_as='positions'."
+            )
+        if not as_names and not as_positions:
+            not_names = sorted(set(found) - set(names))
+            detail = (
+                f"; as positions they would need to lie in 0..{len(names) - 1}, but "
+                f"{[label for label in found if not 0 <= int(label) < len(names)]} do not"
+                if integers
+                else ""
+            )
+            raise ValueError(
+                f"{p}: labels {not_names} are not in label_names {list(names)}{detail}."
+            )
+        reading = "names" if as_names else "positions"
+        if reading == "positions":
+            log.info("%s: integer labels read as positions in label_names %s", p, list(names))
+    if reading == "names":
+        unknown = sorted(set(found) - set(names))
+        if unknown:
+            hint = (
+                " They are integers: if they index label_names, pass labels_as='positions'."
+                if as_positions
+                else ""
+            )
+            raise ValueError(f"{p}: labels {unknown} are not in label_names {list(names)}.{hint}")
+        return labels, names
+    if not integers:
+        bad = [label for label in found if not re.fullmatch(r"[+-]?\d+", label)]
+        raise ValueError(
+            f"{p}: labels_as='positions' needs integer labels, got {bad[:10]}; "
+            "use labels_as='names' for labels that are class names."
+        )
+    outside = [int(label) for label in found if not 0 <= int(label) < len(names)]
+    if outside:
+        raise ValueError(
+            f"{p}: integer labels {sorted(outside)} do not index label_names {list(names)} "
+            f"(positions 0..{len(names) - 1})."
+        )
+    return labels.map(lambda label: names[int(label)]), names
+
+
+def _read_csv(
+    path: str, label_names: Sequence[str] | None, labels_as: str = "auto"
+) -> tuple[pd.DataFrame, tuple]:
+    """A CSV task file's ``text`` and ``label`` columns, every cell read as text.
+
+    Texts such as "nan", "None" or "NA" stay texts (pandas would read them as missing); a row
+    without a label is an error that names it (a missing label is not a class)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"CSV task file not found: {p}")
-    df = pd.read_csv(p)
+        raise FileNotFoundError(
+            f"CSV task file not found: {p}"
+            + (" (a folder; name the .csv file in it)" if p.is_dir() else "")
+        )
+    try:
+        df = pd.read_csv(io.StringIO(_csv_text(p)), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(
+            f"CSV task file {p} is not a readable CSV ({err}); it needs a header line "
+            "'text,label' and one comma-separated row per text."
+        ) from None
     missing = {"text", "label"} - set(df.columns)
     if missing:
         raise ValueError(
             f"{p} must have columns 'text' and 'label'; missing {sorted(missing)} "
             f"(found {list(df.columns)})."
         )
-    df = df[["text", "label"]].dropna()
-    if pd.api.types.is_integer_dtype(df["label"]) and label_names is not None:
-        ids = sorted(df["label"].unique())
-        if ids[0] < 0 or ids[-1] >= len(label_names):
-            raise ValueError(
-                f"{p}: integer labels {ids} do not index label_names {list(label_names)}."
-            )
-        df["label"] = df["label"].map(lambda i: label_names[i])
-        names = tuple(label_names)
-    else:
-        df["label"] = df["label"].astype(str)
-        found = sorted(df["label"].unique())
-        if label_names is not None:
-            unknown = set(found) - set(label_names)
-            if unknown:
-                raise ValueError(
-                    f"{p}: labels {sorted(unknown)} are not in label_names {list(label_names)}."
-                )
-            names = tuple(label_names)
-        else:
-            names = tuple(found)
-    return df.reset_index(drop=True), names
+    if df.empty:
+        raise ValueError(f"CSV task file {p} has a header but no rows.")
+    df = df[["text", "label"]]
+    unlabelled = np.flatnonzero(df["label"].str.strip().eq("").to_numpy())
+    if len(unlabelled):
+        rows = ", ".join(f"row {i + 1} ({df['text'].iloc[i][:30]!r})" for i in unlabelled[:5])
+        raise ValueError(
+            f"{p} has {len(unlabelled)} row(s) without a label: {rows}"
+            + (" ..." if len(unlabelled) > 5 else "")
+            + " (rows counted from 1 after the header). Give every row a label or remove "
+            "those rows."
+        )
+    labels, names = _csv_labels(p, df["label"], label_names, labels_as)
+    return df.assign(label=labels).reset_index(drop=True), names
 
 
 def _allocate(counts: pd.Series, total: int) -> pd.Series:
@@ -395,6 +520,22 @@ def _split(df: pd.DataFrame, fractions: tuple[float, float, float], seed: int):
     return {s: df.loc[sorted(ix)] for s, ix in parts.items()}
 
 
+def _check_fractions(fractions) -> None:
+    """Three finite numbers > 0 that sum to 1 (train, validation, test)."""
+    wanted = "three finite numbers > 0 (train, validation, test) summing to 1, as (0.8, 0.1, 0.1)"
+    if isinstance(fractions, str) or not isinstance(fractions, Sequence) or len(fractions) != 3:
+        raise ValueError(f"fractions must be {wanted}; got {fractions!r}.")
+    for value in fractions:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"fractions must be {wanted}; got {fractions!r}.")
+        if not (math.isfinite(float(value)) and float(value) > 0):
+            raise ValueError(f"fractions must be {wanted}; got {fractions!r} ({value!r}).")
+    if abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(
+            f"fractions must be {wanted}; got {fractions!r}, summing to {sum(fractions):g}."
+        )
+
+
 def fingerprint(dd) -> str:
     """A short digest of a DatasetDict's texts and labels (for cache keys)."""
     h = hashlib.sha256()
@@ -419,13 +560,15 @@ def load_task(
     label_names: Sequence[str] | None = None,
     path: str | Path | None = None,
     revision: str | None = None,
+    labels_as: str = "auto",
 ):
     """Load a task as a ``datasets.DatasetDict`` with train / validation / test splits.
 
     Args:
         name: an offline task (:data:`TASKS`), a paper task (:data:`HUB_TASKS`) or
-            ``"csv:path/to/file.csv"`` (columns ``text,label``; labels as names, or as
-            integers indexing ``label_names``).
+            ``"csv:path/to/file.csv"``: UTF-8 (or UTF-16 with a byte-order mark) with columns
+            ``text,label``, every cell read as text (a text "NA" or "nan" stays a text); a row
+            without a label is an error naming it.
         max_rows: cap on rows after de-duplication (seeded, stratified); None for all.
             The paper used 25,000.
         preprocess: text cleaning, ``None`` to keep texts as they are.
@@ -434,24 +577,48 @@ def load_task(
         label_names: class names for a CSV task (order = label ids).
         path: a local copy of a hub task (folder in the hub's layout, or a file).
         revision: hub revision of a hub task.
+        labels_as: how a CSV task's labels pick a class of ``label_names``: ``"names"`` (a
+            label is the class name: star ratings 1-5 with names "1".."5"), ``"positions"``
+            (an integer label indexes ``label_names``: 0/1 with names "neg", "pos") or
+            ``"auto"``: names when every label is one, positions when the labels are integer
+            indices that are not all names, and an error showing both readings when they are
+            both and disagree (ratings 1-3 with names "1".."4").
     """
-    import datasets  # noqa: PLC0415  (heavy; see _read_hub)
-
     if not isinstance(name, str) or not name:
         raise TaskNotFoundError(f"Task name must be a non-empty string, got {name!r}.")
-    if max_rows is not None and max_rows < 3:
-        raise ValueError(f"max_rows must be at least 3 (or None), got {max_rows}.")
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}.")
+    if max_rows is not None:
+        validate.integer("max_rows", max_rows, minimum=3)
+    _check_fractions(fractions)
+    seed = validate.non_negative_int("seed", seed)
+    if preprocess is not None and not callable(preprocess):
+        raise TypeError(
+            f"preprocess must be a Preprocess (or any text -> text function) or None, got "
+            f"{type(preprocess).__name__} {preprocess!r}"
+        )
+    validate.one_of("labels_as", labels_as, LABEL_READINGS)
+    is_csv, is_hub = name.startswith("csv:"), name in HUB_TASKS
+    for argument, value, applies in (
+        ("label_names", label_names, is_csv),
+        ("labels_as", None if labels_as == "auto" else labels_as, is_csv),
+        ("path", path, is_hub),
+        ("revision", revision, is_hub),
+    ):
+        if value is not None and not applies:
+            where = "'csv:...' tasks" if argument.startswith("label") else "hub tasks"
+            raise ValueError(
+                f"{argument}={value!r} applies to {where} only; task {name!r} does not use it."
+            )
+    if revision is not None and not isinstance(revision, str):
+        raise TypeError(f"revision must be a str (a hub revision), got {revision!r}")
 
-    if name.startswith("csv:"):
-        df, names = _read_csv(name[4:], label_names)
+    if is_csv:
+        df, names = _read_csv(name[4:], label_names, labels_as)
     elif name in TASKS:
         spec = TASKS[name]
         if spec.reader is None:
             raise TaskUnavailableError(f"Task {name!r} has no reader.")
         df, names = spec.reader(), spec.label_names
-    elif name in HUB_TASKS:
+    elif is_hub:
         spec = HUB_TASKS[name]
         df, names = _read_hub(spec, path, revision), spec.label_names
     else:
@@ -479,6 +646,8 @@ def load_task(
         n_dedup,
         len(df),
     )
+
+    import datasets  # noqa: PLC0415  (heavy; see _read_hub)
 
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(names))}

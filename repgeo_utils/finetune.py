@@ -33,6 +33,7 @@ from sklearn.metrics import (
 )
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+from . import validate
 from .cache import cache_entry
 from .config import FinetuneSettings, get_profile
 from .data import fingerprint, load_profile_task
@@ -98,8 +99,9 @@ def predict_logits(
     model, tokenizer, texts: list[str], *, max_length: int = 128, batch_size: int = 64
 ) -> np.ndarray:
     """Logits for ``texts``, batched by length (padding never changes a result)."""
-    if len(texts) == 0:
-        raise ValueError("predict_logits got an empty list of texts.")
+    texts = validate.text_list("texts", texts)
+    validate.positive_int("max_length", max_length)
+    validate.positive_int("batch_size", batch_size)
     model.eval()
     device = next(model.parameters()).device
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
@@ -215,6 +217,44 @@ def divergence(model: torch.nn.Module, log_history: list[dict]) -> str | None:
     return None
 
 
+def warmup_steps(warmup_ratio: float, optimisation_steps: int) -> int:
+    """Steps of linear warmup for a share ``warmup_ratio`` (in [0, 1]) of the optimisation
+    steps: ``ceil(warmup_ratio * optimisation_steps)``, so 1.0 warms up over the whole run."""
+    ratio = validate.fraction("warmup_ratio", warmup_ratio)
+    steps = validate.non_negative_int("optimisation_steps", optimisation_steps)
+    return math.ceil(ratio * steps)
+
+
+def _check_optimizer(settings: FinetuneSettings, output_dir: Path) -> None:
+    """Refuse, before the model loads, an optimiser the Trainer knows but cannot build here
+    (most need a package of their own: bitsandbytes, GaLore, LOMO, ...)."""
+    args = TrainingArguments(output_dir=str(output_dir), optim=settings.optimizer, report_to="none")
+    try:
+        Trainer.get_optimizer_cls_and_kwargs(args)
+    except (ImportError, ValueError) as err:
+        raise ValueError(
+            f"optimizer {settings.optimizer!r} cannot be used here: {err}. The optimisers that "
+            "need nothing extra include 'adamw_torch' (the default), 'sgd' and 'adafactor'."
+        ) from err
+
+
+class _Trainer(Trainer):
+    """The Trainer with warmup given as a share of the optimisation steps.
+
+    transformers 5 has no ``warmup_ratio`` argument: ``warmup_steps`` below 1 is read as a
+    ratio and from 1 on as a count of steps, so a ratio of 1.0 passed there would warm up for
+    one step. The count is set here from the number of steps the Trainer has worked out (the
+    same ``ceil(ratio * steps)`` it uses for a ratio below 1)."""
+
+    def __init__(self, *args, warmup_ratio: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.warmup_ratio = warmup_ratio
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        self.args.warmup_steps = warmup_steps(self.warmup_ratio, num_training_steps)
+        return super().create_scheduler(num_training_steps, optimizer)
+
+
 def finetune_task(
     model_name: str,
     dataset,
@@ -230,10 +270,26 @@ def finetune_task(
 
     Reuses a finished run with the same model, data, settings and seed; otherwise trains,
     evaluates before and after on the test split, and caches the checkpoint and results.
+    Everything is checked before the model loads: the splits, the task name, the settings, the
+    seed and the model's name.
     """
+    if not isinstance(task, str):
+        raise TypeError(f"task must be a str (the task's name), got {type(task).__name__} {task!r}")
+    if not task.strip():
+        raise ValueError(f"task must name the task, got {task!r}")
+    if not isinstance(settings, FinetuneSettings):
+        raise TypeError(
+            f"settings must be a FinetuneSettings, got {type(settings).__name__} {settings!r:.80}; "
+            "make one with FinetuneSettings(**values)"
+        )
+    seed = validate.non_negative_int("seed", seed)
     for split in ("train", "validation", "test"):
         if split not in dataset or len(dataset[split]) == 0:
-            raise ValueError(f"Task {task!r} has no rows in its {split!r} split.")
+            raise ValueError(
+                f"Task {task!r} has no rows in its {split!r} split (splits: "
+                f"{ {name: len(part) for name, part in dataset.items()} }); every split needs "
+                "rows, as data.load_task makes them."
+            )
     ref = resolve_model(model_name, revision)
     label_names = dataset["train"].features["label"].names
     key = {
@@ -250,6 +306,7 @@ def finetune_task(
         if entry.exists:
             return _load_result(entry.path, cached=True)
         out = entry.build_dir
+        _check_optimizer(settings, out / "trainer")
         model, tokenizer = load_model(
             ref.path if ref.source != "hub" else ref.name,
             revision,
@@ -275,7 +332,8 @@ def finetune_task(
             per_device_train_batch_size=settings.batch_size,
             per_device_eval_batch_size=max(64, settings.batch_size),
             weight_decay=settings.weight_decay,
-            warmup_steps=settings.warmup_ratio,
+            # set by _Trainer once the number of optimisation steps is known
+            warmup_steps=0,
             lr_scheduler_type=settings.lr_scheduler,
             optim=settings.optimizer,
             train_sampling_strategy="group_by_length",
@@ -293,7 +351,7 @@ def finetune_task(
         def accuracy(pred):
             return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
 
-        trainer = Trainer(
+        trainer = _Trainer(
             model=model,
             args=args,
             train_dataset=tok["train"],
@@ -301,6 +359,7 @@ def finetune_task(
             data_collator=DataCollatorWithPadding(tokenizer),
             processing_class=tokenizer,
             compute_metrics=accuracy,
+            warmup_ratio=settings.warmup_ratio,
         )
         start = time.perf_counter()
         trainer.train()

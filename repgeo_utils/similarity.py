@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import validate
+
 if TYPE_CHECKING:
     from .activations import ActivationSet, Dtype
 
@@ -62,15 +64,19 @@ def _check_pair(a: Any, b: Any, same_width: bool) -> None:
         if len(getattr(x, "shape", ())) != 2:
             raise ValueError(
                 f"{name} must be a 2-d (tokens x features) matrix, got shape "
-                f"{getattr(x, 'shape', None)}."
+                f"{getattr(x, 'shape', None)} ({type(x).__name__}); a list of vectors can be "
+                "passed as np.asarray(rows)."
             )
     if a.shape[0] != b.shape[0]:
         raise ValueError(
             f"Not paired: a has {a.shape[0]} rows (tokens) and b has {b.shape[0]}. The measures "
             "compare the same tokens seen by two models; extract both from the same texts."
         )
-    if a.shape[0] == 0:
-        raise ValueError("Empty inputs: there are no tokens to compare.")
+    if a.shape[0] == 0 or a.shape[1] == 0 or b.shape[1] == 0:
+        raise ValueError(
+            f"Empty inputs: a has shape {tuple(a.shape)} and b {tuple(b.shape)}; there is "
+            "nothing to compare."
+        )
     if same_width and a.shape[1] != b.shape[1]:
         raise ValueError(
             f"Cosines need the same width on both sides; got {a.shape[1]} and {b.shape[1]}. "
@@ -85,10 +91,17 @@ def _chunks(
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (n,):
-            raise ValueError(f"mask has shape {mask.shape}, expected ({n},)")
+            raise ValueError(f"mask has shape {mask.shape}, expected ({n},): one flag per row")
     for start in range(0, n, chunk_rows):
         stop = min(start + chunk_rows, n)
         x, y = _as_array(a[start:stop]), _as_array(b[start:stop])
+        # only finite inputs can be measured: name the side and the first bad row
+        validate.finite_array(
+            "a" if n <= chunk_rows else f"a (rows {start}..{stop - 1})", x, row_offset=start
+        )
+        validate.finite_array(
+            "b" if n <= chunk_rows else f"b (rows {start}..{stop - 1})", y, row_offset=start
+        )
         if mask is not None:
             keep = mask[start:stop]
             x, y = x[keep], y[keep]
@@ -105,14 +118,44 @@ def _as_array(x: Any) -> np.ndarray:
     return x
 
 
+def _check_measures(measures: Any) -> tuple[str, ...]:
+    """A non-empty list of names from :data:`MEASURES` (a single name is refused: it would be
+    read letter by letter)."""
+    if isinstance(measures, str):
+        raise TypeError(
+            f"measures must be a list of measure names, got the single string {measures!r}; "
+            f"wrap it in a list: [{measures!r}]"
+        )
+    measures = tuple(measures)
+    if not measures:
+        raise ValueError(f"measures is empty ([]): name at least one of {list(MEASURES)}.")
+    unknown = [m for m in measures if m not in MEASURES]
+    if unknown:
+        raise ValueError(f"Unknown measures {unknown}; known: {list(MEASURES)}.")
+    return measures
+
+
+def _squares_finite(*arrays: Any) -> bool:
+    return all(bool(np.all(np.isfinite(np.asarray(a)))) for a in arrays)
+
+
+def _too_large(name: str, x: np.ndarray) -> ValueError:
+    return ValueError(
+        f"{name} holds values too large to square even in float64 (largest magnitude "
+        f"{float(np.max(np.abs(x))):.3g}); divide it by a constant first (the measures do not "
+        "change under a common scale)."
+    )
+
+
 class _PairStats:
-    """One pass over paired chunks, accumulating what the requested measures need."""
+    """One pass over paired chunks, accumulating what the requested measures need.
+
+    Products are computed in the inputs' precision; a chunk whose float32 products overflow
+    (finite values above about 1e19) is computed again in float64, so finite inputs give
+    finite measures."""
 
     def __init__(self, measures: Sequence[str]):
-        unknown = set(measures) - set(MEASURES)
-        if unknown:
-            raise ValueError(f"Unknown measures {sorted(unknown)}; known: {list(MEASURES)}.")
-        self.measures = tuple(measures)
+        self.measures = _check_measures(measures)
         self.n = 0
         self.sum_a: np.ndarray | None = None
         self.sum_b: np.ndarray | None = None
@@ -133,13 +176,20 @@ class _PairStats:
         self.n += len(x)
         if self.need_cos:
             # per-token dot products in the inputs' precision (d terms each), the rest in float64
-            if x.dtype != y.dtype:
-                x, y = x.astype(np.float64), y.astype(np.float64)
-            dots = np.einsum("ij,ij->i", x, y).astype(np.float64)
-            norms = np.sqrt(
-                np.einsum("ij,ij->i", x, x).astype(np.float64)
-                * np.einsum("ij,ij->i", y, y).astype(np.float64)
-            )
+            cx, cy = (x, y) if x.dtype == y.dtype else (x.astype(np.float64), y.astype(np.float64))
+            dots = np.einsum("ij,ij->i", cx, cy).astype(np.float64)
+            xx = np.einsum("ij,ij->i", cx, cx).astype(np.float64)
+            yy = np.einsum("ij,ij->i", cy, cy).astype(np.float64)
+            if not _squares_finite(dots, xx, yy):  # float32 overflow: again in float64
+                cx, cy = x.astype(np.float64), y.astype(np.float64)
+                dots = np.einsum("ij,ij->i", cx, cy)
+                xx, yy = np.einsum("ij,ij->i", cx, cx), np.einsum("ij,ij->i", cy, cy)
+                if not _squares_finite(dots, xx * yy):
+                    raise _too_large(
+                        "a" if not _squares_finite(xx) else "b",
+                        cx if not _squares_finite(xx) else cy,
+                    )
+            norms = np.sqrt(xx * yy)
             zero = norms == 0
             self.zero_rows += int(zero.sum())
             with np.errstate(invalid="ignore"):  # inf / inf: NaN, reported in result()
@@ -147,10 +197,16 @@ class _PairStats:
         if not self.need_means:
             return
         if self.need_gram:
-            if self.shift_a is None:  # shift by the first chunk's mean: less cancellation
+            if self.shift_a is None or self.shift_b is None:
+                # shift by the first chunk's mean: less cancellation
                 self.shift_a = x.mean(0, dtype=np.float64).astype(x.dtype)
                 self.shift_b = y.mean(0, dtype=np.float64).astype(y.dtype)
-            x, y = x - self.shift_a, y - self.shift_b
+            shift_a, shift_b = self.shift_a, self.shift_b
+            shifted_x, shifted_y = x - shift_a, y - shift_b
+            if not _squares_finite(shifted_x, shifted_y):  # the shift overflowed float32
+                shifted_x = x.astype(np.float64) - shift_a
+                shifted_y = y.astype(np.float64) - shift_b
+            x, y = shifted_x, shifted_y
         sum_x, sum_y = x.sum(0, dtype=np.float64), y.sum(0, dtype=np.float64)
         self.sum_a = sum_x if self.sum_a is None else self.sum_a + sum_x
         self.sum_b = sum_y if self.sum_b is None else self.sum_b + sum_y
@@ -158,8 +214,20 @@ class _PairStats:
             tx, ty = torch.from_numpy(x), torch.from_numpy(y)
             if tx.dtype != ty.dtype:
                 tx, ty = tx.double(), ty.double()
-            for name, (p, q) in {"ab": (tx, ty), "aa": (tx, tx), "bb": (ty, ty)}.items():
-                product = (p.T @ q).double().numpy()
+            products = {
+                name: (p.T @ q).double().numpy()
+                for name, (p, q) in {"ab": (tx, ty), "aa": (tx, tx), "bb": (ty, ty)}.items()
+            }
+            if not _squares_finite(*products.values()):  # float32 overflow: again in float64
+                tx, ty = tx.double(), ty.double()
+                products = {
+                    name: (p.T @ q).numpy()
+                    for name, (p, q) in {"ab": (tx, ty), "aa": (tx, tx), "bb": (ty, ty)}.items()
+                }
+                for name, side in (("a", "aa"), ("b", "bb")):
+                    if not _squares_finite(products[side]):
+                        raise _too_large(name, x if name == "a" else y)
+            for name, product in products.items():
                 self.gram[name] = product if name not in self.gram else self.gram[name] + product
 
     def _means(self) -> tuple[np.ndarray, np.ndarray]:
@@ -175,8 +243,11 @@ class _PairStats:
         if self.need_means:
             values += [self.sum_a, self.sum_b]
         values += list(self.gram.values())
-        if not all(np.all(np.isfinite(v)) for v in values):
-            raise ValueError("The inputs contain NaN or infinite values.")
+        if not all(np.all(np.isfinite(v)) for v in values):  # inputs were checked finite
+            raise ValueError(
+                "The sums over the inputs overflowed float64 (values above about 1e150); divide "
+                "the inputs by a constant first (the measures do not change under a common scale)."
+            )
         out: dict[str, float] = {}
         if "cosine_of_means" in self.measures:
             mean_a, mean_b = self._means()
@@ -225,11 +296,13 @@ def similarity_measures(
 
     Raises:
         ValueError: different token counts (or widths, for the cosines), NaN or infinite
-            values, or a measure that is undefined for the inputs (a zero vector, no variance).
+            values (the message names the side and the first bad row), or a measure that is
+            undefined for the inputs (a zero vector, no variance). Finite inputs too large to
+            square in float32 are measured in float64.
     """
+    measures = _check_measures(measures)
+    validate.positive_int("chunk_rows", chunk_rows)
     _check_pair(a, b, same_width=any(m != "linear_cka" for m in measures))
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     stats = _PairStats(measures)
     for x, y in _chunks(a, b, chunk_rows, mask):
         stats.add(x, y)

@@ -15,10 +15,13 @@ ValueError: learning_rate must be a finite number > 0, got inf
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from collections.abc import Collection, Sequence
 from typing import Any, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -96,14 +99,27 @@ def fraction(name: str, value: Any, *, open_low: bool = False, open_high: bool =
 
 def one_of(name: str, value: T, choices: Collection[T]) -> T:
     """``value`` when it is one of ``choices``; else the list of choices."""
-    if value not in choices:
+    try:
+        known = value in choices
+    except TypeError:  # an unhashable value looked up in a set or dict
+        known = False
+    if not known:
         listed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{name} must be one of {listed}; got {value!r}")
+        close = (
+            difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
+            if isinstance(value, str)
+            else []
+        )
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{name} must be one of {listed}; got {value!r}{hint}")
     return value
 
 
-def text_list(name: str, texts: Any, *, allow_empty: bool = False) -> list[str]:
-    """A list of strings. A single string is refused (it would be split into characters)."""
+def text_list(
+    name: str, texts: Any, *, allow_empty: bool = False, unique: bool = False
+) -> list[str]:
+    """A list of strings. A single string is refused (it would be split into characters);
+    with ``unique``, so is a repeated string (class names, say)."""
     if isinstance(texts, str | bytes):
         raise TypeError(
             f"{name} must be a list of texts, got a single {type(texts).__name__} "
@@ -117,6 +133,11 @@ def text_list(name: str, texts: Any, *, allow_empty: bool = False) -> list[str]:
             raise TypeError(f"{name}[{i}] must be a str, got {type(text).__name__} {text!r:.40}")
     if not out and not allow_empty:
         raise ValueError(f"{name} is empty: give at least one text")
+    if unique and len(set(out)) != len(out):
+        repeated = sorted({text for text in out if out.count(text) > 1})
+        raise ValueError(
+            f"{name} must not repeat a text; {repeated} appear more than once in {out}"
+        )
     return out
 
 
@@ -125,3 +146,66 @@ def pair(name: str, value: Any) -> tuple[Any, Any]:
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
         raise ValueError(f"{name} must be a pair of two values, got {value!r}")
     return value[0], value[1]
+
+
+def boolean(name: str, value: Any) -> bool:
+    """``True`` or ``False`` (NumPy's bool too); a text such as ``"no"`` is refused."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def finite_array(name: str, array: Any, *, row_offset: int = 0) -> np.ndarray:
+    """``array`` as a NumPy array, refused when it holds NaN or infinities: the message counts
+    each kind and gives the first position (``row r, column c`` of a matrix; rows counted from
+    ``row_offset`` when the array is a block of a larger one)."""
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"{name} must hold numbers, got an array of {array.dtype}")
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    n_nan = int(np.isnan(array).sum())
+    n_inf = int((~finite).sum()) - n_nan
+    kinds = ", ".join(
+        f"{count} {kind}" for count, kind in ((n_nan, "NaN"), (n_inf, "infinite")) if count
+    )
+    first = np.unravel_index(int(np.argmin(finite.ravel())), array.shape)
+    if array.ndim == 2:
+        where = f"row {first[0] + row_offset}, column {first[1]}"
+    elif array.ndim == 1:
+        where = f"index {first[0] + row_offset}"
+    else:
+        where = f"index {tuple(int(i) for i in first)}"
+    raise ValueError(
+        f"{name} contains NaN or infinite values ({kinds}; the first at {where}, "
+        f"{array[first]!r}): only finite numbers can be measured"
+    )
+
+
+def torch_device(name: str, value: Any) -> Any:
+    """A ``torch.device`` this machine has (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``)."""
+    # torch takes seconds to load and only the device check needs it (callers have loaded it)
+    import torch  # noqa: PLC0415
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"{name} must be a torch device such as 'cpu' or 'cuda', got {value!r}"
+        ) from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(device.type, False):
+        usable = ", ".join(repr(kind) for kind, ok in available.items() if ok)
+        raise ValueError(f"{name} {value!r} is not available here; use {usable}")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ValueError(
+                f"{name} {value!r} does not exist: this machine has {count} CUDA devices"
+            )
+    return device

@@ -86,7 +86,7 @@ def test_csv_integer_labels_with_names(tmp_path):
     pd.DataFrame(rows).to_csv(path, index=False)
     dd = load_task(f"csv:{path}", label_names=["x", "y", "z"])
     assert dd["train"].features["label"].names == ["x", "y", "z"]
-    with pytest.raises(ValueError, match="do not index label_names"):
+    with pytest.raises(ValueError, match="not in label_names"):
         load_task(f"csv:{path}", label_names=["x", "y"])
 
 

@@ -140,3 +140,45 @@ def test_a_diverging_fine_tune_is_refused_and_leaves_nothing_cached(
         )
     kind = tmp_path / "cache" / "finetune"
     assert not any(p.is_dir() and not p.name.startswith(".") for p in kind.iterdir())
+
+
+class _SchedulerSeen(Exception):
+    """Raised once the Trainer has built its learning-rate schedule: the test stops there."""
+
+
+@pytest.mark.parametrize(("ratio", "share"), [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)])
+def test_warmup_ratio_is_a_share_of_the_optimisation_steps(
+    tiny_bert, separable_task, tmp_path, monkeypatch, ratio, share
+):
+    """transformers 5 reads warmup_steps >= 1 as a count of steps: a ratio of 1.0 passed there
+    warmed up for one step. The schedule the Trainer builds must warm up over ceil(ratio * steps)
+    steps: half of them at 0.5, all of them at 1.0 (read from the scheduler's own multipliers:
+    a linear warmup over W steps has multiplier s / W at step s < W, then 1 at step W)."""
+    import math
+    from dataclasses import replace
+
+    from repgeo_utils import finetune
+
+    seen: dict = {}
+    build = finetune._Trainer.create_scheduler
+
+    def capture(self, num_training_steps, optimizer=None):
+        scheduler = build(self, num_training_steps, optimizer)
+        seen["steps"] = num_training_steps
+        seen["lr"] = [scheduler.lr_lambdas[0](s) for s in range(num_training_steps + 1)]
+        raise _SchedulerSeen
+
+    monkeypatch.setattr(finetune._Trainer, "create_scheduler", capture)
+    settings = replace(FAST, epochs=2, warmup_ratio=ratio)
+    with pytest.raises(_SchedulerSeen):
+        finetune_task(
+            str(tiny_bert), separable_task, settings, task="separable", progress=False,
+            cache_root=tmp_path / "cache",
+        )  # fmt: skip
+    steps = 2 * math.ceil(len(separable_task["train"]) / FAST.batch_size)
+    assert seen["steps"] == steps == 16
+    lr = seen["lr"]
+    warmup = 0 if lr[0] > 0 else round(1 / lr[1])
+    assert warmup == math.ceil(share * steps)
+    if 0 < warmup < steps:
+        assert lr[warmup] == 1.0 and lr[warmup - 1] < 1.0  # the peak is reached at step W

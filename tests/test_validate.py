@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from repgeo_utils import validate
 
@@ -65,3 +66,52 @@ def test_pair():
     assert validate.pair("fit_range", (12, 100)) == (12, 100)
     with pytest.raises(ValueError, match=r"fit_range must be a pair of two values, got \(12,\)"):
         validate.pair("fit_range", (12,))
+
+
+def test_one_of_suggests_the_closest_name_and_survives_unhashable_values():
+    with pytest.raises(ValueError, match=r"got 'adamw' \(did you mean 'adamw_torch'\?\)"):
+        validate.one_of("optimizer", "adamw", ("adamw_torch", "sgd"))
+    with pytest.raises(ValueError, match=r"got \['keep'\]"):
+        validate.one_of("mode", ["keep"], {"keep", "remove"})
+
+
+def test_text_list_can_refuse_repeats():
+    assert validate.text_list("names", ["a", "b"], unique=True) == ["a", "b"]
+    with pytest.raises(ValueError, match=r"names must not repeat a text; \['a'\] appear"):
+        validate.text_list("names", ["a", "b", "a"], unique=True)
+
+
+def test_boolean():
+    assert validate.boolean("flag", np.bool_(True)) is True
+    with pytest.raises(TypeError, match="flag must be True or False, got str 'no'"):
+        validate.boolean("flag", "no")
+    with pytest.raises(TypeError, match="got int 1"):
+        validate.boolean("flag", 1)
+
+
+def test_finite_array_names_the_kind_and_the_first_place():
+    x = np.zeros((3, 2))
+    assert validate.finite_array("x", x) is x
+    x[2, 1], x[1, 0] = math.inf, math.nan
+    with pytest.raises(
+        ValueError,
+        match=r"x contains NaN or infinite values \(1 NaN, 1 infinite; the first at row 1, column 0",
+    ):
+        validate.finite_array("x", x)
+    with pytest.raises(ValueError, match="the first at row 11, column 0"):
+        validate.finite_array("x", x, row_offset=10)
+    with pytest.raises(ValueError, match=r"\(1 NaN; the first at index 2"):
+        validate.finite_array("v", [1.0, 2.0, math.nan])
+    with pytest.raises(TypeError, match="v must hold numbers"):
+        validate.finite_array("v", ["a"])
+
+
+def test_torch_device():
+    assert str(validate.torch_device("device", "cpu")) == "cpu"
+    with pytest.raises(
+        ValueError, match="device must be a torch device such as 'cpu' or 'cuda', got 'tpu'"
+    ):
+        validate.torch_device("device", "tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' is not available here; use 'cpu'"):
+            validate.torch_device("device", "cuda")
