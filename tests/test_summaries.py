@@ -9,7 +9,7 @@ import pytest
 
 from repgeo_utils.config import FinetuneSettings
 from repgeo_utils.finetune import EvalReport, FinetuneResult
-from repgeo_utils.summaries import finetuning, similarity
+from repgeo_utils.summaries import finetuning, similarity, spectral
 
 
 def _result(task, y_true, pre_pred, post_pred, names):
@@ -104,3 +104,48 @@ def test_similarity_summary_follows_the_numbers():
     found = similarity.findings(_sim({"topic": rising}))
     assert found["topic.linear_cka.layer6"].value == pytest.approx(0.2)
     assert found["falls_with_depth"].value == "yes"  # first to last still falls
+
+
+def _spectra(tasks, post_scale):
+    rows = []
+    for t in tasks:
+        for layer in range(7):
+            pre = {"rankme_covariance": 80.0, "rankme_singular": 200.0, "alpha": 1.0}
+            factor = post_scale(layer)
+            post = {"rankme_covariance": 80.0 * factor, "rankme_singular": 200.0 * (1 + factor) / 2,
+                    "alpha": 1.0 + (1 - factor)}  # fmt: skip
+            rows += [{"task": t, "model": "pre-trained", "layer": layer, **pre},
+                     {"task": t, "model": "fine-tuned", "layer": layer, **post}]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _noise(tasks, sd):
+    return pd.DataFrame([{"task": t, "metric_name": m, "post - pre (all texts)": 0.0, "sd over halves": sd}
+                         for t in tasks for m in ("rankme_covariance", "rankme_singular", "alpha")])  # fmt: skip
+
+
+def test_spectral_summary_follows_the_numbers():
+    tasks = ["a", "b"]
+    late = _spectra(tasks, lambda layer: 1.0 if layer < 4 else 0.1)
+    reps = pd.DataFrame({"pre": [80.0] * 4, "post": [8.0] * 4},
+                        index=pd.MultiIndex.from_product([tasks, ["mean", "cls"]]))  # fmt: skip
+    share = {"a": (1, 0.1, 0.8), "b": (4, 0.2, 0.9)}
+    text = spectral.summary(late, reps, _noise(tasks, 0.3), share)
+    assert "**Fine-tuning compresses the late layers, and only the late layers.**" in text
+    assert "keeps 10%-10% of its pre-trained value" in text
+    assert "alpha goes up in a, up in b" in text
+    assert "a: the top 1 directions carry 10% → 80% of the variance" in text
+    assert "does not hinge on the pooling" in text
+    everywhere = _spectra(tasks, lambda layer: 0.5)
+    text = spectral.summary(everywhere, reps, _noise(tasks, 0.5), {"a": (1, 0.1, 0.15)})
+    assert "**Fine-tuning compresses the last layer**, and some earlier ones too." in text
+    assert "The top classes-minus-one directions of the last layer: a: the top 1" in text
+    found = spectral.findings(late, _noise(tasks, 0.5))
+    assert found["a.rankme_covariance.direction"].value == "down"
+    assert (
+        found["a.alpha.change"].value == pytest.approx(0.9)
+        and found["a.alpha.change"].spread == 0.5
+    )
+    found = spectral.findings(late, _noise(tasks, 10.0))
+    assert found["a.rankme_covariance.direction"].value == "down"  # -72 beats 2 x 10
+    assert found["a.alpha.direction"].value == "no clear change"  # 0.9 does not beat 2 x 10

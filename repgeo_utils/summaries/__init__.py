@@ -6,6 +6,6 @@ verdict is computed, never typed) and records the headline numbers as
 :class:`repgeo_utils.report.Findings` for the overview notebook and the reproducibility record.
 """
 
-from . import finetuning, similarity
+from . import finetuning, similarity, spectral
 
-__all__ = ["finetuning", "similarity"]
+__all__ = ["finetuning", "similarity", "spectral"]
