@@ -39,6 +39,8 @@ import pandas as pd
 import scipy.linalg
 from jaxtyping import Float
 
+from . import validate
+
 log = logging.getLogger(__name__)
 
 RankMeVariant = Literal["covariance", "singular"]
@@ -80,10 +82,7 @@ def as_float_matrix(features, name: str = "features") -> np.ndarray:
         )
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape}).")
-    if not np.isfinite(array).all():
-        bad = int(np.size(array) - np.isfinite(array).sum())
-        raise ValueError(f"{name} contains {bad} NaN or infinite values.")
-    return array
+    return validate.finite_array(name, array)
 
 
 def _as_eigenvalues(eigenvalues, name: str = "eigenvalues") -> np.ndarray:
@@ -98,8 +97,7 @@ def _as_eigenvalues(eigenvalues, name: str = "eigenvalues") -> np.ndarray:
         )
     if lam.size == 0:
         raise ValueError(f"{name} is empty.")
-    if not np.isfinite(lam).all():
-        raise ValueError(f"{name} contain NaN or infinite values.")
+    validate.finite_array(name, lam)
     scale = np.abs(lam).max()
     if scale == 0:
         raise ValueError(f"{name} are all zero: the features have no variance.")
@@ -168,8 +166,8 @@ def eigenspectrum(
     """
     x = as_float_matrix(features)
     n, d = x.shape
-    if max_eigenvalues is not None and max_eigenvalues < 1:
-        raise ValueError(f"max_eigenvalues must be at least 1, got {max_eigenvalues}")
+    if max_eigenvalues is not None:
+        validate.positive_int("max_eigenvalues", max_eigenvalues)
     if center:
         if n < 2:
             raise ValueError("A centred covariance needs at least 2 samples, got 1.")
@@ -266,9 +264,7 @@ class CovarianceAccumulator:
         values = _symmetric_eigenvalues(self.covariance())
         values = values[: min(self.n_samples, values.shape[0])]
         if max_eigenvalues is not None:
-            if max_eigenvalues < 1:
-                raise ValueError(f"max_eigenvalues must be at least 1, got {max_eigenvalues}")
-            values = values[:max_eigenvalues]
+            values = values[: validate.positive_int("max_eigenvalues", max_eigenvalues)]
         return values
 
 
@@ -323,6 +319,18 @@ class AlphaReqFit:
         return np.exp(self.intercept - self.alpha * np.log(r))
 
 
+def check_fit_range(fit_range: Any) -> tuple[int, int]:
+    """``(first, last)``: two int 1-based ranks with ``1 <= first < last``."""
+    first, last = validate.pair("fit_range", fit_range)
+    first = validate.integer("fit_range[0]", first)
+    last = validate.integer("fit_range[1]", last)
+    if first < 1 or last <= first:
+        raise ValueError(
+            f"fit_range must be 1-based ranks with first >= 1 and last > first, got {fit_range}"
+        )
+    return first, last
+
+
 def alpha_req(
     eigenvalues: Float[np.ndarray, " eigenvalues"],
     fit_range: tuple[int, int] = (12, 100),
@@ -334,31 +342,38 @@ def alpha_req(
     1-based ranks ``fit_range[0] .. fit_range[1]`` inclusive (paper 2's default 12..100,
     i.e. 0-based indices 11..99). ``alpha`` is the slope; ``r2`` is the weighted R^2 of that
     fit. The caller's array is never modified.
+
+    A range that reaches beyond the numerical rank (:func:`numerical_rank`: eigenvalues above
+    :func:`rank_tolerance`) is refused with the number of nonzero eigenvalues: a power law
+    fitted to round-off (a rank-40 spectrum of 64 float32 features keeps eigenvalues of about
+    1e-15 of the largest past rank 40) gives a meaningless, much steeper alpha.
     """
     lam = _as_eigenvalues(eigenvalues)
-    if len(fit_range) != 2:
-        raise ValueError(f"fit_range must be (first_rank, last_rank), got {fit_range!r}")
-    first, last = int(fit_range[0]), int(fit_range[1])
-    if first < 1 or last <= first:
-        raise ValueError(
-            f"fit_range must be 1-based ranks with first >= 1 and last > first, got {fit_range}"
-        )
+    first, last = check_fit_range(fit_range)
     if last > lam.size:
         raise ValueError(
             f"fit_range {fit_range} needs at least {last} eigenvalues, but the spectrum has "
             f"only {lam.size}; use a range within 1..{lam.size}."
         )
-    if np.any(np.diff(lam) > 1e-12 * lam.max()):
-        raise ValueError("eigenvalues must be sorted in descending order.")
+    rises = np.flatnonzero(np.diff(lam) > 1e-12 * lam.max())
+    if rises.size:
+        i = int(rises[0]) + 1
+        raise ValueError(
+            f"eigenvalues must be sorted in descending order: the one at index {i} "
+            f"({lam[i]:.4g}) is larger than the one before it ({lam[i - 1]:.4g}); pass "
+            "np.sort(eigenvalues)[::-1]."
+        )
+    rank = numerical_rank(lam)
+    if last > rank:
+        raise ValueError(
+            f"The fit range {fit_range} includes zero eigenvalues: only {rank} of the "
+            f"{lam.size} eigenvalues are nonzero (above the numerical-rank tolerance "
+            f"{rank_tolerance(lam):.3g}; below it they are round-off, not variance); use a range "
+            f"within 1..{rank}."
+        )
     fractions = lam / lam.sum()
     ranks = np.arange(first, last + 1, dtype=np.float64)
     window = fractions[first - 1 : last]
-    if np.any(window <= 0):
-        nonzero = int(np.count_nonzero(lam))
-        raise ValueError(
-            f"The fit range {fit_range} includes zero eigenvalues: only {nonzero} of the "
-            f"{lam.size} eigenvalues are nonzero; use a range within 1..{nonzero}."
-        )
     y = np.log(window)
     design = np.column_stack([-np.log(ranks), np.ones_like(ranks)])
     weights = 1.0 / ranks
@@ -424,10 +439,9 @@ def bootstrap_ci(
     size of the effect.
     """
     x = as_float_matrix(features)
-    if n_resamples < 2:
-        raise ValueError(f"n_resamples must be at least 2, got {n_resamples}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    validate.integer("n_resamples", n_resamples, minimum=2)
+    validate.fraction("confidence", confidence, open_low=True, open_high=True)
+    validate.non_negative_int("seed", seed)
     if method not in ("basic", "percentile"):
         raise ValueError(f"Unknown bootstrap method {method!r}; use 'basic' or 'percentile'.")
     spectrum = eigenspectrum(x, center=center, max_eigenvalues=max_eigenvalues)
@@ -635,12 +649,15 @@ def segment_phases(
         raise ValueError(f"A trajectory needs at least 2 points, got {v.size}.")
     if not (np.isfinite(s).all() and np.isfinite(v).all()):
         raise ValueError("steps and values must not contain NaN or infinite values.")
-    if np.any(np.diff(s) <= 0):
-        raise ValueError("steps must be strictly increasing.")
-    if smooth_window < 1:
-        raise ValueError(f"smooth_window must be at least 1, got {smooth_window}")
-    if not 0 <= min_change < 1:
-        raise ValueError(f"min_change must be in [0, 1), got {min_change}")
+    stalls = np.flatnonzero(np.diff(s) <= 0)
+    if stalls.size:
+        i = int(stalls[0]) + 1
+        raise ValueError(
+            f"steps must be strictly increasing: at index {i} the step {s[i]:g} follows "
+            f"{s[i - 1]:g}."
+        )
+    validate.positive_int("smooth_window", smooth_window)
+    validate.real("min_change", min_change, minimum=0.0, maximum=1.0, strict_maximum=True)
 
     smoothed = _moving_average(v, smooth_window)
     oriented = smoothed if higher_is_expansion else -smoothed
@@ -756,6 +773,7 @@ def spectral_summary(
     A spectrum of zeros (samples without any variance) gives NaN for everything but its
     length. ``label`` names the spectrum in the warnings.
     """
+    check_fit_range(fit_range)
     lam = np.asarray(eigenvalues, dtype=np.float64)
     nan = float("nan")
     out = {"n_eigenvalues": int(lam.size), "rankme_covariance": nan, "rankme_singular": nan,
@@ -880,13 +898,27 @@ def layer_spectra(
     if pooling not in REPRESENTATIONS:
         raise ValueError(f"Unknown pooling {pooling!r}; use one of {list(REPRESENTATIONS)}.")
     if exclude_special and pooling != "tokens":
-        raise ValueError("exclude_special applies to pooling='tokens' only.")
+        raise ValueError(
+            f"exclude_special applies to pooling='tokens' only, got pooling={pooling!r}."
+        )
+    check_fit_range(fit_range)
+    n_states = activation_set.n_hidden_states
     if layers is None:
         layers = activation_set.layers
+    if isinstance(layers, int | np.integer):
+        layers = [layers]
+    for layer in layers:  # every layer checked before any is measured
+        if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
+            raise TypeError(f"layers must be ints, got {type(layer).__name__} {layer!r}")
+        if not -n_states <= layer < n_states:
+            raise IndexError(
+                f"layer {layer} is out of range: the set has {n_states} hidden states, valid "
+                f"layers are 0..{n_states - 1} (0 = embeddings) or -{n_states}..-1."
+            )
     keep = ~np.asarray(activation_set.special_mask, dtype=bool) if exclude_special else None
     records = []
     for layer in layers:
-        stored = int(layer) % activation_set.n_hidden_states
+        stored = int(layer) % n_states
         if pooling == "tokens":
             tokens = activation_set.tokens(stored)
             lam = _token_eigenvalues(tokens, keep)
@@ -937,10 +969,9 @@ def paired_subsamples(
             f"features_a and features_b must hold the same (paired) samples: "
             f"{a.shape[0]} vs {b.shape[0]} rows."
         )
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    validate.fraction("fraction", fraction, open_low=True)
+    validate.positive_int("n_resamples", n_resamples)
+    validate.non_negative_int("seed", seed)
     n = a.shape[0]
     m = int(round(fraction * n))
     if m < 2:
