@@ -28,6 +28,7 @@ import numpy as np
 from jaxtyping import Float, Int
 from threadpoolctl import threadpool_limits
 
+from . import validate
 from .spectral import eigenspectrum, rankme
 
 log = logging.getLogger(__name__)
@@ -53,26 +54,16 @@ class ToyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_samples < 2:
-            raise ValueError(f"n_samples must be at least 2, got {self.n_samples}")
-        if self.n_classes < 2:
-            raise ValueError(f"n_classes must be at least 2, got {self.n_classes}")
-        if self.d_embed < 1:
-            raise ValueError(f"d_embed must be at least 1, got {self.d_embed}")
-        if self.zipf_exponent < 0:
-            raise ValueError(f"zipf_exponent must be non-negative, got {self.zipf_exponent}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.loss not in ("cross_entropy", "mse"):
-            raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {self.loss!r}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.init_scale <= 0:
-            raise ValueError(f"init_scale must be positive, got {self.init_scale}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be non-negative, got {self.seed}")
+        validate.integer("n_samples", self.n_samples, minimum=2)
+        validate.integer("n_classes", self.n_classes, minimum=2)
+        validate.positive_int("d_embed", self.d_embed)
+        validate.non_negative_float("zipf_exponent", self.zipf_exponent)
+        validate.fraction("label_smoothing", self.label_smoothing, open_high=True)
+        validate.one_of("loss", self.loss, ("cross_entropy", "mse"))
+        validate.positive_float("learning_rate", self.learning_rate)
+        validate.positive_int("steps", self.steps)
+        validate.positive_float("init_scale", self.init_scale)
+        validate.non_negative_int("seed", self.seed)
 
     def class_distribution(self) -> Float[np.ndarray, " classes"]:
         """``pi``: the class frequencies labels are drawn from (Zipf, or uniform at s = 0)."""
@@ -143,6 +134,11 @@ def train_toy(config: ToyConfig) -> ToyRun:
     MSE ``0.5 * sum_c (Z_ic - T_ic)^2``, with soft targets ``T = (1 - eps) onehot(y) + eps pi``.
     Deterministic for a given ``config`` (float64 NumPy, one BLAS thread).
     """
+    if not isinstance(config, ToyConfig):
+        raise TypeError(
+            f"config must be a ToyConfig, got {type(config).__name__} {config!r:.80}; make one "
+            "with ToyConfig(**settings)"
+        )
     rng = np.random.default_rng(config.seed)
     n, c, d = config.n_samples, config.n_classes, config.d_embed
     pi = config.class_distribution()
@@ -250,6 +246,7 @@ def rise_then_fall(
     ``rises_then_falls`` holds when the end is at least ``min_fall`` (default 5%) below the
     peak: the toy model's version of a compression-seeking phase.
     """
+    validate.fraction("min_fall", min_fall)
     s = np.asarray(steps)
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or s.shape != v.shape:
