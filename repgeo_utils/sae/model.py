@@ -29,7 +29,9 @@ for the measured trade-offs.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -43,6 +45,24 @@ TrainOn = Literal["tokens", "sequence_means"]
 L1Reduction = Literal["sum", "mean"]
 
 # --- configuration -------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    """An int (NumPy's too), not a bool and not a float such as 16.0."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def _is_real(value: Any) -> bool:
+    """A finite real number, not a bool."""
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool | np.bool_)
+        and math.isfinite(value)
+    )
+
+
+def _shown(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if isinstance(value, float | str) else repr(value)
 
 
 @dataclass(frozen=True)
@@ -84,33 +104,46 @@ class SAEConfig:
         problems = []
         for name in ("d_in", "d_sae", "epochs", "batch_size", "stats_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name} must be a positive int, got {value!r}")
+            if not _is_int(value) or value < 1:
+                problems.append(f"{name} must be a positive int, got {_shown(value)}")
         if self.architecture not in ("relu", "topk"):
             problems.append(f"architecture must be 'relu' or 'topk', got {self.architecture!r}")
         if self.architecture == "topk":
             if self.k is None:
                 problems.append("architecture 'topk' needs k (active latents per token)")
-            elif not isinstance(self.k, int) or self.k < 1:
-                problems.append(f"k must be a positive int, got {self.k!r}")
+            elif not _is_int(self.k) or self.k < 1:
+                problems.append(f"k must be a positive int, got {_shown(self.k)}")
             elif isinstance(self.d_sae, int) and self.k > self.d_sae:
                 problems.append(f"k={self.k} is larger than d_sae={self.d_sae}")
         elif self.k is not None:
             problems.append(f"k={self.k} only applies to architecture 'topk', not 'relu'")
-        if not (isinstance(self.l1_coefficient, int | float) and self.l1_coefficient >= 0):
-            problems.append(f"l1_coefficient must be >= 0, got {self.l1_coefficient!r}")
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            problems.append(f"lr must be a positive number, got {self.lr!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            problems.append(f"seed must be a non-negative int, got {self.seed!r}")
+        if not (_is_real(self.l1_coefficient) and self.l1_coefficient >= 0):
+            problems.append(
+                f"l1_coefficient must be >= 0 and finite, got {_shown(self.l1_coefficient)}"
+            )
+        if not (_is_real(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a positive finite number, got {_shown(self.lr)}")
+        if not _is_int(self.seed) or self.seed < 0:
+            problems.append(f"seed must be a non-negative int, got {_shown(self.seed)}")
         if self.init_density is not None and not (
-            isinstance(self.init_density, int | float) and 0 < self.init_density < 1
+            _is_real(self.init_density) and 0 < self.init_density < 1
         ):
-            problems.append(f"init_density must be in (0, 1) or None, got {self.init_density!r}")
+            problems.append(
+                f"init_density must be in (0, 1) or None, got {_shown(self.init_density)}"
+            )
+        for flag in ("normalize_decoder", "subtract_decoder_bias", "scale_inputs"):
+            if not isinstance(getattr(self, flag), bool | np.bool_):
+                problems.append(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.train_on not in ("tokens", "sequence_means"):
             problems.append(f"train_on must be 'tokens' or 'sequence_means', got {self.train_on!r}")
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            problems.append(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        betas = self.adam_betas
+        if (
+            isinstance(betas, str)
+            or not isinstance(betas, Sequence)
+            or len(betas) != 2
+            or not all(_is_real(b) and 0 <= b < 1 for b in betas)
+        ):
+            problems.append(f"adam_betas must be two numbers in [0, 1), got {betas!r}")
         if self.l1_reduction not in ("sum", "mean"):
             problems.append(f"l1_reduction must be 'sum' or 'mean', got {self.l1_reduction!r}")
         if problems:
