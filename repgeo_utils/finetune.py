@@ -186,21 +186,25 @@ def no_datasets_bars():
 
 
 def _history(log_history: list[dict]) -> pd.DataFrame:
-    train = [r for r in log_history if "loss" in r and "epoch" in r]
-    evals = [r for r in log_history if "eval_accuracy" in r]
-    rows = []
-    for ev in evals:
-        epoch = ev["epoch"]
-        losses = [r["loss"] for r in train if epoch - 1 < r["epoch"] <= epoch + 1e-9]
-        rows.append(
-            {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses)) if losses else np.nan,
-                "val_loss": ev.get("eval_loss"),
-                "val_accuracy": ev["eval_accuracy"],
-            }
-        )
-    return pd.DataFrame(rows)
+    """One row per evaluation: the optimisation step, the epoch (fractional), the mean training
+    loss over the logging interval that ends there, and the validation loss and accuracy."""
+    train = {r["step"]: r["loss"] for r in log_history if "loss" in r and "step" in r}
+    rows = [
+        {
+            "step": ev["step"],
+            "epoch": ev["epoch"],
+            "train_loss": train.get(ev["step"], np.nan),
+            "val_loss": ev.get("eval_loss"),
+            "val_accuracy": ev["eval_accuracy"],
+        }
+        for ev in log_history
+        if "eval_accuracy" in ev
+    ]
+    return pd.DataFrame(rows, columns=["step", "epoch", "train_loss", "val_loss", "val_accuracy"])
+
+
+#: Evaluations on the validation split during a fine-tune (the curves of notebook 01).
+EVALUATIONS = 8
 
 
 def divergence(model: torch.nn.Module, log_history: list[dict]) -> str | None:
@@ -324,6 +328,8 @@ def finetune_task(
             tok = tok.rename_column("label", "labels")
             tok = tok.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
         real_tokens = int(sum(tok["train"]["length"]))
+        steps = math.ceil(settings.epochs * math.ceil(len(tok["train"]) / settings.batch_size))
+        every = max(1, steps // EVALUATIONS)
 
         args = TrainingArguments(
             output_dir=str(out / "trainer"),
@@ -338,8 +344,10 @@ def finetune_task(
             optim=settings.optimizer,
             train_sampling_strategy="group_by_length",
             length_column_name="length",
-            eval_strategy="epoch",
-            logging_strategy="epoch",
+            eval_strategy="steps",
+            eval_steps=every,
+            logging_strategy="steps",
+            logging_steps=every,
             save_strategy="no",
             report_to="none",
             seed=seed,

@@ -100,7 +100,8 @@ def plot_confusion_matrices(reports: dict, *, normalize: bool = True):
 
 
 def plot_training_curves(histories: dict):
-    """Training loss and validation accuracy per epoch, one line per task."""
+    """Training loss (mean over each logging interval) and validation accuracy against the
+    epoch (fractional: evaluations happen within epochs), one line per task."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3))
     for task, h in histories.items():
         a.plot(h["epoch"], h["train_loss"], marker="o", label=task)
