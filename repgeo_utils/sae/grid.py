@@ -39,15 +39,16 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
 
+from .. import validate
 from ..activations import ActivationSet, extract_activations
 from ..config import get_profile
-from ..data import load_profile_task
+from ..data import SPLITS, load_profile_task
 from ..finetune import finetune_profile
 from ..models import load_tokenizer
 from .cached import TrainedSAE, split_texts, train_sae_on_activations
 from .features import LatentStatistics, latent_statistics, match_features, top_activating_tokens
 from .metrics import SAEMetrics, encode_batches, evaluate_sae
-from .model import SAEConfig, SparseAutoencoder
+from .model import DEPRECATED_PRESETS, PRESETS, SAEConfig, SparseAutoencoder
 from .training import TrainHistory
 
 log = logging.getLogger(__name__)
@@ -101,9 +102,17 @@ class GridSettings:
             raise ValueError(
                 f"splits must be a non-empty tuple of split names, got {self.splits!r}"
             )
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be positive or None, got {self.max_tokens}")
         object.__setattr__(self, "splits", tuple(self.splits))
+        for split in self.splits:
+            validate.one_of("splits", split, SPLITS)
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits must not repeat a split, got {self.splits!r}")
+        if self.max_tokens is not None:
+            validate.positive_int("max_tokens", self.max_tokens)
+        validate.one_of("preset", self.preset, (*PRESETS, *DEPRECATED_PRESETS))
+        validate.positive_int("d_sae", self.d_sae)
+        validate.positive_int("epochs", self.epochs)
+        validate.non_negative_int("sae_seed", self.sae_seed)
 
     def sae_config(self, d_in: int) -> SAEConfig:
         """The SAE of every cell of the grid, for activations of width ``d_in``."""
@@ -405,6 +414,7 @@ def top_features(stats: LatentStatistics, n: int = 3) -> list[int]:
     """The paper's selection from precomputed statistics: the ``n`` latents of highest variance,
     most variable first (ties: lower index first)."""
     variance = stats.variance.double().numpy()
+    n = validate.integer("n", n)
     if not 1 <= n <= variance.size:
         raise ValueError(f"n must be between 1 and {variance.size}, got {n}")
     return np.lexsort((np.arange(variance.size), -variance))[:n].tolist()
@@ -487,9 +497,23 @@ def feature_activations(
     sae: SparseAutoencoder, x: Float[np.ndarray, "tokens d_in"], features: Sequence[int]
 ) -> Float[np.ndarray, "tokens n"]:
     """The chosen latents of ``sae`` on every row of ``x``."""
-    index = torch.as_tensor(list(features), dtype=torch.long)
+    index = torch.as_tensor(_feature_list(features, sae.d_sae), dtype=torch.long)
     parts = [h[:, index].double().cpu().numpy() for h in encode_batches(sae, x)]
     return np.concatenate(parts) if parts else np.zeros((0, len(index)))
+
+
+def _feature_list(features: Any, d_sae: int) -> list[int]:
+    """``features`` as a list of latent indices of an SAE with ``d_sae`` latents."""
+    if isinstance(features, int | np.integer | str) or not isinstance(features, Iterable):
+        raise TypeError(
+            f"features must be a list of latent indices, got {type(features).__name__} "
+            f"{features!r}; for one feature pass [{features!r}]"
+        )
+    out = [validate.integer("features[]", f) for f in features]
+    outside = [f for f in out if not 0 <= f < d_sae]
+    if outside:
+        raise ValueError(f"features {outside} are out of range: the SAE has latents 0..{d_sae - 1}")
+    return out
 
 
 def class_preference(
@@ -594,6 +618,13 @@ def sentence_activations(
     """Per-token values of ``features`` on each sentence of an activation set (paper 1,
     section 3.2.4: run the sentence through the model, take the layer's hidden states, encode
     them with the SAE and read the chosen latents token by token)."""
+    if sentences is not None:
+        sentences = validate.text_list("sentences", sentences)
+        if len(sentences) != sentence_acts.n_texts:
+            raise ValueError(
+                f"sentences has {len(sentences)} texts but the activation set holds "
+                f"{sentence_acts.n_texts}: give one sentence per text, in the set's order."
+            )
     x = np.asarray(sentence_acts.tokens(layer))
     values = feature_activations(sae, x, features)
     tokenizer = sentence_acts.tokenizer()
