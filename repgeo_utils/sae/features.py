@@ -13,6 +13,7 @@ from jaxtyping import Bool, Float, Int
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .. import validate
 from .metrics import encode_batches
 from .model import SparseAutoencoder
 from .sources import ActivationSource
@@ -35,6 +36,7 @@ def latent_statistics(
     sae: SparseAutoencoder, activations: ActivationSource, *, batch_size: int = 8192
 ) -> LatentStatistics:
     """Firing frequency, mean and variance of every latent over ``activations``, streamed."""
+    validate.positive_int("batch_size", batch_size)
     n = 0
     fires = torch.zeros(sae.d_sae, dtype=torch.float64)
     s1 = torch.zeros(sae.d_sae, dtype=torch.float64)
@@ -86,6 +88,7 @@ def top_variance_features(
     """The paper's selection: indices of the ``n`` latents with the highest variance over
     tokens, most variable first (ties broken by the lower index)."""
     variance = latent_variance(latents)
+    n = validate.integer("n", n)
     if not 1 <= n <= variance.numel():
         raise ValueError(f"n must be between 1 and d_sae={variance.numel()}, got {n}")
     order = np.lexsort((np.arange(variance.numel()), -variance.numpy()))
@@ -123,6 +126,8 @@ def top_activating_tokens(
     ``token_ids``; sequence ``s`` owns tokens ``offsets[s]:offsets[s+1]``. Tokens with a zero
     activation are never returned.
     """
+    n = validate.positive_int("n", n)
+    context = validate.non_negative_int("context", context)
     acts = torch.as_tensor(feature_activations).flatten().double()
     ids = torch.as_tensor(token_ids).flatten().long()
     offsets = torch.as_tensor(offsets).flatten().long()
@@ -204,6 +209,7 @@ def match_features(
     When ``b`` keeps more features than ``a``, the surplus features of ``b`` get no twin:
     ``index_a`` -1 and ``cosine`` -1, so they count as unmatched.
     """
+    validate.real("threshold", threshold, minimum=-1.0, maximum=1.0)
     if sae_a.d_in != sae_b.d_in:
         raise ValueError(f"The SAEs read different spaces: d_in {sae_a.d_in} vs {sae_b.d_in}")
     da, db = decoder_directions(sae_a), decoder_directions(sae_b)

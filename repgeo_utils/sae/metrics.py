@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .. import validate
 from .model import SparseAutoencoder
 from .sources import ActivationSource, ChunkSource
 
@@ -142,7 +143,14 @@ def evaluate_sae(
     dense_threshold: float = 0.1,
 ) -> SAEMetrics:
     """:class:`SAEMetrics` on held-out ``activations``, streamed in batches."""
+    validate.positive_int("batch_size", batch_size)
+    validate.fraction("dense_threshold", dense_threshold)
     source = ChunkSource(activations, sae.d_in)
+    if source.matrix is not None and source.matrix.shape[0] == 0:
+        raise ValueError(
+            f"The evaluation activations are empty (shape {tuple(source.matrix.shape)}): "
+            "give at least one token row."
+        )
     device = sae.W_enc.device
     n = 0
     sq_err = torch.zeros((), dtype=torch.float64)
@@ -172,7 +180,7 @@ def evaluate_sae(
             dot_sum += dot.sum().cpu()
             n += x.shape[0]
     if n == 0:
-        raise ValueError("No evaluation tokens.")
+        raise ValueError("No evaluation tokens: the activation source yielded no rows.")
     total_var = x_sq - x_sum.square().sum() / n
     frequency = fires / n
     return SAEMetrics(
@@ -195,6 +203,7 @@ def encode_batches(
     sae: SparseAutoencoder, activations: ActivationSource, batch_size: int = 8192
 ) -> Iterator[Float[Tensor, "batch d_sae"]]:
     """Latents of ``activations``, batch by batch, in order (on the SAE's device)."""
+    validate.positive_int("batch_size", batch_size)
     source = ChunkSource(activations, sae.d_in)
     for chunk in source.chunks(None):
         for x in chunk.split(batch_size):

@@ -30,6 +30,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import validate
 from .model import SAEConfig, SparseAutoencoder, topk
 from .sources import ActivationSource, ChunkSource, as_matrix, pool_sequences
 
@@ -208,7 +209,12 @@ def train_sae(
     ``config.stats_tokens`` rows (a random subset of a matrix, the first rows of a stream);
     the returned SAE takes raw activations.
     """
-    device = torch.device(device) if device is not None else default_device()
+    if not isinstance(config, SAEConfig):
+        raise TypeError(
+            f"config must be an SAEConfig, got {type(config).__name__} {config!r:.80}; make one "
+            "with SAEConfig(...) or SAEConfig.preset(name, d_in, d_sae)"
+        )
+    device = validate.torch_device("device", device) if device is not None else default_device()
     if config.train_on == "sequence_means":
         if offsets is None or not isinstance(activations, Tensor | np.ndarray):
             raise ValueError(
