@@ -9,7 +9,7 @@ import pytest
 
 from repgeo_utils.config import FinetuneSettings
 from repgeo_utils.finetune import EvalReport, FinetuneResult
-from repgeo_utils.summaries import finetuning, similarity, spectral
+from repgeo_utils.summaries import features, finetuning, similarity, spectral
 
 
 def _result(task, y_true, pre_pred, post_pred, names):
@@ -149,3 +149,53 @@ def test_spectral_summary_follows_the_numbers():
     found = spectral.findings(late, _noise(tasks, 10.0))
     assert found["a.rankme_covariance.direction"].value == "down"  # -72 beats 2 x 10
     assert found["a.alpha.direction"].value == "no clear change"  # 0.9 does not beat 2 x 10
+
+
+@pytest.mark.parametrize(
+    ("count", "total", "word"),
+    [(6, 9, "most"), (5, 9, "some"), (3, 9, "few"), (0, 9, "few"), (9, 9, "most")],
+)
+def test_share_word_by_hand(count, total, word):
+    assert features.share_word(count, total) == word
+
+
+def test_sentence_verdicts_by_hand():
+    table = pd.DataFrame([
+        {"task": "t", "model": "fine-tuned", "feature": 7, "prefers class": "pos", "s1": 0.0, "s2": 0.4, "s3": 0.02, "s4": 0.3},
+        {"task": "t", "model": "fine-tuned", "feature": 8, "prefers class": "neg", "s1": 0.2, "s2": 0.3, "s3": 0.0, "s4": 0.0},
+        {"task": "t", "model": "pre-trained", "feature": 9, "prefers class": "neg", "s1": 0.05, "s2": 0.0, "s3": 0.0, "s4": 0.0},
+    ])  # fmt: skip
+    v = features.sentence_verdicts(table, {"t": ["neg", "pos", "neg", "pos"]}, fires_at=0.1)
+    assert v["fires on"].tolist() == ["s2, s4", "s1, s2", "none"]
+    assert v["only its class"].tolist() == [True, False, False]
+    assert v["all of its class"].tolist() == [True, False, False]
+    assert v["silent"].tolist() == [False, False, True]
+
+
+def _condensed(late_post_selective):
+    rows = []
+    for depth in ("early", "late"):
+        for model in ("pre-trained", "fine-tuned"):
+            sel = late_post_selective if (depth, model) == ("late", "fine-tuned") else 1
+            rows.append({"depth": depth, "layer": 2 if depth == "early" else 6, "model": model,
+                         "class_selective": sel, "median_fires_on": 0.02, "median_class_ratio": 1.5})  # fmt: skip
+    return pd.DataFrame(rows).set_index(["depth", "layer", "model"])
+
+
+def test_features_summary_follows_the_numbers():
+    counts = pd.DataFrame({"all tokens (paper)": [7, 7, 0, 5], "ordinary tokens": [0, 0, 0, 0]},
+                          index=pd.MultiIndex.from_tuples([("early", "fine-tuned"), ("early", "pre-trained"),
+                                                           ("late", "fine-tuned"), ("late", "pre-trained")]))  # fmt: skip
+    empty = pd.DataFrame(columns=["task", "model"])
+    args = dict(n_per_row=9, class_ratio=2.0, fires_at=0.1, rank_over_special=False)
+    text = features.summary(_condensed(8), counts, empty, {"early": 2, "late": 6}, **args)
+    assert "The **last layer of the fine-tuned models** is different in kind: 8 of its 9" in text
+    assert "most top features of the early layer(s) are [CLS]/[SEP] detectors" in text
+    text = features.summary(_condensed(4), counts, empty, {"early": 2, "late": 6}, **args)
+    assert "does not turn most of its top features class-selective (4 of 9" in text
+    assert (
+        features.findings(_condensed(8), counts, n_per_row=9)[
+            "late_layer_turns_class_selective"
+        ].value
+        == "yes"
+    )
