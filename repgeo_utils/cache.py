@@ -30,6 +30,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -211,8 +212,11 @@ def _lock_timeout() -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0:
-        raise ValueError(f"REPGEO_CACHE_LOCK_TIMEOUT must be a number of seconds >= 0, got {raw!r}")
+    if not (value >= 0 and math.isfinite(value)):  # inf would wait for ever: no time limit
+        raise ValueError(
+            f"REPGEO_CACHE_LOCK_TIMEOUT must be a number of seconds >= 0, got {raw!r}; a finite "
+            "one (for a long wait, a large number such as 86400 for a day)"
+        )
     return value
 
 

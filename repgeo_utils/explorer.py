@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from IPython.display import HTML, display
 
+from . import validate
 from .models import load_model
 from .sae import SparseAutoencoder
 
@@ -98,6 +99,27 @@ class FeatureExplorer:
                 raise ValueError(f"No layer given for depth {depth!r} (layers: {dict(layers)}).")
             if (task, model) not in models:
                 raise ValueError(f"No model given for ({task!r}, {model!r}).")
+        for depth, layer in layers.items():
+            if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
+                raise TypeError(
+                    f"layers[{depth!r}] must be an int (a hidden_states index), got "
+                    f"{type(layer).__name__} {layer!r}"
+                )
+        for key, offered in (features or {}).items():
+            if key not in saes:
+                raise ValueError(f"features names {key!r}, which has no SAE in saes.")
+            d_sae = saes[key].d_sae
+            outside = [f for f in offered if not 0 <= int(f) < d_sae]
+            if outside:
+                raise ValueError(
+                    f"features[{key!r}] offers {outside}, outside the SAE's latents 0..{d_sae - 1}."
+                )
+        max_length = validate.integer("max_length", max_length, minimum=2)
+        if not isinstance(sentence, str):
+            raise TypeError(
+                f"sentence must be a str (the text shown first), got {type(sentence).__name__} "
+                f"{sentence!r}"
+            )
         self.saes = dict(saes)
         self.layers = dict(layers)
         self.models = dict(models)
@@ -151,12 +173,24 @@ class FeatureExplorer:
         if not text.strip():
             return [], np.zeros(0)
         net, tokenizer = self._load(self.models[(task, model)])
+        layer = self._layer(depth, net)
         enc = tokenizer(text, truncation=True, max_length=self.max_length, return_tensors="pt")
         out = net(**enc, output_hidden_states=True)
-        hidden = out.hidden_states[self.layers[depth]][0]
+        hidden = out.hidden_states[layer][0]
         values = sae.encode(hidden.float())[:, int(feature)].double().cpu().numpy()
         tokens = tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist())
         return tokens, values
+
+    def _layer(self, depth: str, net: Any) -> int:
+        """The ``hidden_states`` index of ``depth``, checked against the model that runs."""
+        layer = self.layers[depth]
+        states = getattr(getattr(net, "config", None), "num_hidden_layers", None)
+        if states is not None and not -(states + 1) <= layer <= states:
+            raise IndexError(
+                f"layer {layer} (depth {depth!r}) is out of range: the model has {states + 1} "
+                f"hidden states, valid layers are 0..{states} (0 = embeddings)."
+            )
+        return int(layer)
 
     def scale(self, key: Key, feature: int, values: np.ndarray) -> float:
         """The activation drawn at full colour: the feature's data-set scale if known, else the
@@ -297,8 +331,10 @@ class FeatureExplorer:
             )
         try:
             out = self.render_html(*self._selection_tuple())
-        except (KeyError, ValueError) as err:
-            out = f"<span style='color: #b00'>{html.escape(str(err))}</span>"
+        except Exception as err:  # a widget callback shows the problem; raising would hide it
+            log.info("explorer selection %s: %s", self.selection, err)
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            out = f"<span style='color: #b00'>{html.escape(str(message))}</span>"
         if self._output is not None:
             self._output.value = out
         return out
@@ -309,8 +345,27 @@ class FeatureExplorer:
         unknown = set(changes) - set(Selection.__dataclass_fields__)
         if unknown:
             raise TypeError(f"Unknown selection fields: {', '.join(sorted(unknown))}")
-        s = self.selection
-        self.selection = Selection(**{**s.__dict__, **changes})
+        chosen = Selection(**{**self.selection.__dict__, **changes})
+        key = (chosen.task, chosen.depth, chosen.model)
+        if key not in self.saes:
+            for field, value, options in (
+                ("task", chosen.task, self.tasks()),
+                ("depth", chosen.depth, self.depths(chosen.task)),
+                ("model", chosen.model, self.model_labels(chosen.task, chosen.depth)),
+            ):
+                if value not in options:
+                    raise ValueError(
+                        f"{field} {value!r} has no SAE here; choose one of {options} "
+                        f"(task {chosen.task!r}, depth {chosen.depth!r})."
+                    )
+        feature = validate.integer("feature", chosen.feature)
+        if not 0 <= feature < self.saes[key].d_sae:
+            raise ValueError(
+                f"feature must be in 0..{self.saes[key].d_sae - 1} for {key}, got {feature}"
+            )
+        if not isinstance(chosen.sentence, str):
+            raise TypeError(f"sentence must be a str, got {chosen.sentence!r}")
+        self.selection = chosen
         if self._controls is not None:
             c, s = self._controls, self.selection
             c["task"].value, c["depth"].value, c["model"].value = s.task, s.depth, s.model

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import validate
 from .config import ROOT, figures_dir
 
 Direction = Literal["up", "down", "no clear change"]
@@ -37,6 +38,8 @@ REPRODUCIBILITY_FILE = ROOT / "benchmarks" / "results" / "reproducibility.json"
 
 
 def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, str | bytes):  # float() would read "8.1"; a number is wanted
+        raise TypeError(f"{name} must be a number, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, int | float):
         try:
             value = float(value)  # NumPy scalars
@@ -75,6 +78,7 @@ def pm(value: float, spread: float | None, *, digits: int = 2, unit: str = "") -
     ``±``. ``unit`` is appended at the end (``"8.1 ± 0.5%"``).
     """
     value = _check_number("value", value)
+    digits = validate.integer("digits", digits)
     if spread is None or spread == 0:
         return f"{round_to(value, digits)}{unit}"
     spread = abs(_check_number("spread", spread))
@@ -105,8 +109,7 @@ def direction(change: float, noise: float, *, k: float = 2.0) -> Direction:
         raise ValueError(f"change must be finite, got {change}")
     if not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite number >= 0, got {noise}")
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
+    validate.positive_float("k", k)
     if abs(change) <= k * noise or change == 0:
         return "no clear change"
     return "up" if change > 0 else "down"

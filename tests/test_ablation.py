@@ -473,7 +473,7 @@ def test_default_ks_and_table2_row():
     assert default_ks(32) == [0, 1, 2, 4, 8, 10, 16, 32]
     assert default_ks(8) == [0, 1, 2, 4, 8]
     assert default_ks(1) == [0, 1]
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="dim must be an int >= 1, got 0"):
         default_ks(0)
     table = pd.DataFrame(
         {

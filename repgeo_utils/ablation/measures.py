@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import validate
 from ..finetune import predict_logits
 from ..lm.sweeps import causal_lm_batches, last_token_features
 from .hooks import ABLATION_MODES, EigenBasis, ablation_sweep, check_ks, fit_eigenbasis
@@ -119,12 +120,7 @@ def collect_module_outputs(model, module, batches: Iterable[Mapping]) -> np.ndar
 
 
 def _check_texts(texts: Sequence[str], name: str) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"{name} must be a list of texts, not a single string.")
-    texts = list(texts)
-    if not texts:
-        raise ValueError(f"{name} is empty: give at least one text.")
-    return texts
+    return validate.text_list(name, texts)
 
 
 def _causal_batches(tokenizer, texts, max_length: int, batch_size: int) -> list[dict]:
@@ -151,10 +147,8 @@ def _encoder_batches(tokenizer, texts, max_length: int, batch_size: int) -> list
 
 def _check_sizes(ks, hidden: int, max_length: int, batch_size: int) -> None:
     check_ks(ks, hidden)
-    if max_length < 1 or batch_size < 1:
-        raise ValueError(
-            f"max_length and batch_size must be positive, got {max_length} and {batch_size}."
-        )
+    validate.positive_int("max_length", max_length)
+    validate.positive_int("batch_size", batch_size)
 
 
 def _fit(model, module, batches) -> EigenBasis:
@@ -271,8 +265,7 @@ def classifier_accuracy_ablation(
 def default_ks(dim: int) -> list[int]:
     """The k of an ablation sweep over ``dim`` directions: 0 (mean only), every power of two
     below ``dim``, paper 2's 10 (when below ``dim``) and ``dim`` itself (no ablation)."""
-    if dim < 1:
-        raise ValueError(f"dim must be at least 1, got {dim}")
+    dim = validate.positive_int("dim", dim)
     return sorted(
         {0, dim}
         | {2**i for i in range(dim.bit_length()) if 2**i < dim}

@@ -45,15 +45,30 @@ def use_style() -> None:
 
 
 def save_figure(fig, name: str, profile: str = "quick") -> Path:
-    """Write ``fig`` to ``figures/<name>.png`` (``figures/<profile>/`` for non-quick profiles)."""
-    if not name or "/" in name:
-        raise ValueError(f"Figure name must be a plain file name, got {name!r}")
+    """Write ``fig`` to ``figures/<name>.png`` (``figures/<profile>/`` for non-quick profiles).
+
+    ``name`` is a plain file name without the extension; ``profile`` a plain folder name (a
+    profile's name), so a figure never lands outside ``figures/``."""
+    if not hasattr(fig, "savefig"):
+        raise TypeError(
+            f"fig must be a matplotlib Figure, got {type(fig).__name__} {fig!r:.60}; pass the "
+            "figure a plot function returned (or plt.gcf())"
+        )
+    for what, text in (("name", name), ("profile", profile)):
+        if not isinstance(text, str) or not _plain_name(text):
+            raise ValueError(f"Figure {what} must be a plain file name (no folders), got {text!r}")
+    if name.lower().endswith(".png"):
+        raise ValueError(f"Figure name must not end in .png (it is added), got {name!r}")
     folder = figures_dir() if profile == "quick" else figures_dir() / profile
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     fig.savefig(path, metadata={"Software": None})
     log.info("figure written: %s", path)
     return path
+
+
+def _plain_name(text: str) -> bool:
+    return bool(text.strip()) and text not in (".", "..") and not any(c in text for c in "/\\")
 
 
 #: Line colours of the two models compared (pre-trained vs fine-tuned).
