@@ -266,6 +266,20 @@ def offline_tasks() -> list[str]:
     return list(TASKS)
 
 
+def check_task(name: str) -> str:
+    """``name`` when it names a task (:data:`TASKS`, :data:`HUB_TASKS` or ``csv:<path>``), else a
+    :class:`TaskNotFoundError` with the known ones: for checking a list of tasks before any
+    of them is loaded or trained on."""
+    if not isinstance(name, str) or not name:
+        raise TaskNotFoundError(f"Task name must be a non-empty string, got {name!r}.")
+    if not (name.startswith("csv:") or name in TASKS or name in HUB_TASKS):
+        known = ", ".join([*TASKS, *HUB_TASKS])
+        raise TaskNotFoundError(
+            f"Unknown task {name!r}. Known tasks: {known}; or 'csv:path/to/file.csv'."
+        )
+    return name
+
+
 # --------------------------------------------------------------------------------------
 # Loading
 

@@ -36,7 +36,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from . import validate
 from .cache import cache_entry
 from .config import FinetuneSettings, get_profile
-from .data import fingerprint, load_profile_task
+from .data import check_task, fingerprint, load_profile_task
 from .models import load_model, quiet_hf, resolve_model
 
 log = logging.getLogger(__name__)
@@ -430,8 +430,11 @@ def finetune_profile(
 ) -> dict[str, FinetuneResult]:
     """Fine-tune (or reuse) the profile's model on each task with the profile's settings."""
     prof = get_profile(profile)
+    tasks = list(prof.tasks) if tasks is None else validate.text_list("tasks", tasks)
+    for task in tasks:  # every name checked before the first task trains
+        check_task(task)
     results = {}
-    for task in tasks or prof.tasks:
+    for task in tasks:
         dataset = load_profile_task(task, prof, seed=seed)
         results[task] = finetune_task(
             model or prof.model,

@@ -247,7 +247,7 @@ class GridData:
         extract (or reuse) the activations of the pre-trained and the fine-tuned model on them.
         Texts are truncated at the length the task was fine-tuned with."""
         prof = get_profile(profile)
-        tasks = list(tasks or prof.tasks)
+        tasks = list(prof.tasks) if tasks is None else validate.text_list("tasks", tasks)
         results = finetune_profile(prof, tasks, seed=seed, progress=progress)
         tokenizer = load_tokenizer(prof.model) if max_tokens is not None else None
         texts: dict[str, TaskTexts] = {}
