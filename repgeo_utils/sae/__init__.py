@@ -13,12 +13,27 @@ save/load and SAEs trained on cached activations.
 - :mod:`~repgeo_utils.sae.io`: :func:`save_sae`, :func:`load_sae`, and SAELens's format
   (:func:`export_saelens`, :func:`load_saelens`);
 - :mod:`~repgeo_utils.sae.cached`: :func:`train_sae_on_activations` and its cache key;
+- :mod:`~repgeo_utils.sae.crosscoder`: a crosscoder on row-paired pre/post activations
+  (:class:`CrosscoderConfig`, :func:`train_crosscoder`, relative decoder norms, latent scaling,
+  :func:`train_crosscoder_on_activations`);
 - :mod:`~repgeo_utils.sae.grid`: the task x depth x model grid of notebooks 03 and 04 (import it
   as ``from repgeo_utils.sae import grid``; it needs fine-tuning and activation extraction, so
   ``import repgeo_utils.sae`` does not load it).
 """
 
 from .cached import TrainedSAE, sae_cache_key, split_texts, train_sae_on_activations
+from .crosscoder import (
+    RELATIVE_NORM_BANDS,
+    Crosscoder,
+    CrosscoderConfig,
+    TrainedCrosscoder,
+    band_counts,
+    evaluate_crosscoder,
+    latent_scaling,
+    latent_table,
+    train_crosscoder,
+    train_crosscoder_on_activations,
+)
 from .features import (
     FeatureMatch,
     LatentStatistics,
@@ -63,9 +78,12 @@ __all__ = [
     "FORMAT",
     "LEGACY_WEIGHTS_FILES",
     "PRESETS",
+    "RELATIVE_NORM_BANDS",
     "WEIGHTS_FILE",
     "ActivationSource",
     "Architecture",
+    "Crosscoder",
+    "CrosscoderConfig",
     "FeatureMatch",
     "LatentStatistics",
     "RowSelection",
@@ -76,14 +94,19 @@ __all__ = [
     "TokenActivation",
     "TrainHistory",
     "TrainOn",
+    "TrainedCrosscoder",
     "TrainedSAE",
+    "band_counts",
     "decoder_directions",
     "encode_batches",
+    "evaluate_crosscoder",
     "evaluate_sae",
     "export_saelens",
     "fold_decoder_norms",
     "fraction_of_variance_unexplained",
+    "latent_scaling",
     "latent_statistics",
+    "latent_table",
     "latent_variance",
     "load_sae",
     "load_saelens",
@@ -99,6 +122,8 @@ __all__ = [
     "split_texts",
     "top_activating_tokens",
     "top_variance_features",
+    "train_crosscoder",
+    "train_crosscoder_on_activations",
     "train_sae",
     "train_sae_on_activations",
 ]
