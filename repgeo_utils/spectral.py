@@ -906,7 +906,7 @@ def layer_spectra(
     if layers is None:
         layers = activation_set.layers
     if isinstance(layers, int | np.integer):
-        layers = [layers]
+        layers = [int(layers)]
     for layer in layers:  # every layer checked before any is measured
         if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
             raise TypeError(f"layers must be ints, got {type(layer).__name__} {layer!r}")
