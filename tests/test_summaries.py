@@ -9,7 +9,7 @@ import pytest
 
 from repgeo_utils.config import FinetuneSettings
 from repgeo_utils.finetune import EvalReport, FinetuneResult
-from repgeo_utils.summaries import features, finetuning, similarity, spectral
+from repgeo_utils.summaries import features, finetuning, sae, similarity, spectral
 
 
 def _result(task, y_true, pre_pred, post_pred, names):
@@ -199,3 +199,66 @@ def test_features_summary_follows_the_numbers():
         ].value
         == "yes"
     )
+
+
+@pytest.mark.parametrize(
+    ("mse", "trend"),
+    [([1.0, 0.9], "falling"), ([1.0, 0.998], "flat"), ([1.0, 1.02], "rising"), ([1.0], "flat")],
+)
+def test_curve_trend_by_hand(mse, trend):
+    assert sae.curve_trend(mse) == trend
+
+
+@pytest.mark.parametrize(
+    ("ft", "control", "word"),
+    [(0.46, 0.48, "keeps"), (0.04, 0.22, "replaces"), (0.30, 0.42, "changes part")],
+)
+def test_keeps_or_replaces_by_hand(ft, control, word):
+    assert sae.keeps_or_replaces(ft, control) == word
+
+
+def _sae_tables(late_share):
+    metrics = pd.DataFrame([
+        {"task": "t", "depth": d, "model": m, "FVU": 0.3 if m == "pre-trained" else 0.2, "L0": 20.0, "dead": 300 if (d, m) == ("late", "fine-tuned") else 1}
+        for d in ("early", "late") for m in ("pre-trained", "fine-tuned")
+    ])  # fmt: skip
+    matching = pd.DataFrame([
+        {"task": "t", "depth": "early", "layer": 2, "fine-tuned: share with twin": 0.46, "pre-trained (control): share": 0.48, "fine-tuned vs same-seed pre-trained: share": 0.85},
+        {"task": "t", "depth": "late", "layer": 6, "fine-tuned: share with twin": late_share, "pre-trained (control): share": 0.22, "fine-tuned vs same-seed pre-trained: share": 0.05},
+    ])  # fmt: skip
+    comparison = pd.DataFrame([
+        {"steps": 8480, "FVU": 0.19, "L0": 206.0, "dense": 1023},
+        {"steps": 530, "FVU": 0.38, "L0": 361.0, "dense": 1020},
+        {"steps": 530, "FVU": 0.13, "L0": 139.5, "dense": 986},
+        {"steps": 530, "FVU": 0.27, "L0": 21.5, "dense": 10},
+        {"steps": 530, "FVU": 0.21, "L0": 32.0, "dense": 11},
+    ])  # fmt: skip
+    means = pd.DataFrame([
+        {"trained on": "tokens", "FVU on tokens": 0.27, "L0 on tokens": 21.5, "FVU on means": 1.01, "L0 on means": 0.19},
+        {"trained on": "sequence means, same epochs", "FVU on tokens": 0.66, "L0 on tokens": 363.0, "FVU on means": 0.61, "L0 on means": 71.5},
+        {"trained on": "sequence means, same steps", "FVU on tokens": 1.90, "L0 on tokens": 370.0, "FVU on means": 0.43, "L0 on means": 76.5},
+    ])  # fmt: skip
+    histories = {("t", "early", "pre-trained"): [1.0, 0.9], ("t", "late", "fine-tuned"): [1.0, 1.0]}
+    dead_all = {("t", "late", "fine-tuned"): 179}
+    return metrics, matching, comparison, means, histories, dead_all
+
+
+def test_sae_summary_follows_the_numbers():
+    text = sae.summary(*_sae_tables(0.04), d_sae=1024, case="t, pre-trained, layer 2")
+    assert "at the early layer the fine-tuned SAE **keeps** (t 46% (control 48%))" in text
+    assert "at the late layer the fine-tuned SAE **replaces**" in text
+    assert (
+        "300 of 1024 latents of the fine-tuned last-layer SAE never fire on the held-out tokens (179 never fire on any"
+        in text
+    )
+    assert "1 of 2 training curves are still falling" in text
+    assert "but is not sparse: 206 latents fire on a token and 1023 of 1024 are dense" in text
+    assert (
+        "sequence means, same steps is worse than predicting each token by the mean (FVU above 1)"
+        in text
+    )
+    assert "the same-seed shares are higher at every layer below the last" in text
+    text = sae.summary(*_sae_tables(0.14), d_sae=1024, case="c")
+    assert "at the late layer the fine-tuned SAE **changes part**" in text
+    found = sae.findings(*_sae_tables(0.04)[:2])
+    assert found["early.features"].value == "keeps" and found["late.features"].value == "replaces"
