@@ -804,16 +804,6 @@ def spectral_summary(
         out["alpha"], out["alpha_r2"] = fit.alpha, fit.r2
         out["alpha_fit_hi"] = float(last)
     return out
-    out["rankme_covariance"] = rankme(lam, "covariance")
-    out["rankme_singular"] = rankme(lam, "singular")
-    tolerance = lam.size * np.finfo(np.float64).eps * lam.max()
-    try:
-        fit = alpha_req(np.where(lam > tolerance, lam, 0.0), fit_range=fit_range)
-    except ValueError as err:
-        log.warning("%sno alpha-ReQ: %s", prefix, err)
-    else:
-        out["alpha"], out["alpha_r2"] = fit.alpha, fit.r2
-    return out
 
 
 #: Which rows of an ``activations.ActivationSet`` ``layer_spectra`` measures, and what they are.
