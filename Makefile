@@ -53,6 +53,9 @@ nbtest: ## re-execute the committed notebooks and compare their checked outputs 
 bench: ## throughput and memory benchmarks, JSON in benchmarks/results/
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
+standard: ## the standard LM run end to end (about an hour on 2 cores); tables to data/recorded/standard
+	$(BIN)/python -m repgeo_utils.lm.standard --setting standard --out data/recorded/standard
+
 lint: ## ruff (package, tests, benchmarks, notebooks), format check, mypy on the package
 	$(BIN)/ruff check repgeo_utils tests benchmarks notebooks
 	$(BIN)/ruff format --check repgeo_utils tests benchmarks

@@ -21,10 +21,12 @@ controls, uniform classes, no bottleneck (``d = C``), and MSE instead of cross-e
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from jaxtyping import Float, Int
 from threadpoolctl import threadpool_limits
 
@@ -34,6 +36,7 @@ from .spectral import eigenspectrum, rankme
 log = logging.getLogger(__name__)
 
 ToyLoss = Literal["cross_entropy", "mse"]
+ToyInit = Literal["small", "balanced"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,12 @@ class ToyConfig:
     steps: int = 2000  # full-batch gradient-descent steps
     init_scale: float = 1e-3  # standard deviation of the Gaussian initial weights
     seed: int = 0
+    # "small": W and U independent small Gaussians; "balanced": W^T W = U U^T at step 0, the
+    # condition of the paper's Theorem B.2 (gradient flow then keeps it, so W and U share
+    # their singular values)
+    init: ToyInit = "small"
+    snapshot_steps: tuple[int, ...] = ()  # steps at which to keep F (class clusters, Fig 5B)
+    n_singular: int = 6  # top singular values of W and U recorded at every step (Fig 5D)
 
     def __post_init__(self) -> None:
         validate.integer("n_samples", self.n_samples, minimum=2)
@@ -111,6 +120,13 @@ class ToyRun:
     loss: Float[np.ndarray, " points"]
     labels: Int[np.ndarray, " samples"]
     embeddings: Float[np.ndarray, "samples d"]  # F after the last step
+    # top singular values of W (= F, the inputs being one-hot) and of U at every step
+    singular_w: Float[np.ndarray, "points top"] = field(default_factory=lambda: np.zeros((0, 0)))
+    singular_u: Float[np.ndarray, "points top"] = field(default_factory=lambda: np.zeros((0, 0)))
+    snapshots: dict[int, np.ndarray] = field(
+        default_factory=dict
+    )  # step -> F (config.snapshot_steps)
+    readout: Float[np.ndarray, "d classes"] | None = None  # U after the last step
 
     def rankme(self, variant: str = "covariance") -> Float[np.ndarray, " points"]:
         """RankMe trajectory of the named variant (``"covariance"`` or ``"singular"``)."""
@@ -148,7 +164,13 @@ def train_toy(config: ToyConfig) -> ToyRun:
     # X = I (one-hot inputs), so the embedding F = X W is W itself
     w = rng.normal(scale=config.init_scale, size=(n, d))
     u = rng.normal(scale=config.init_scale, size=(d, c))
+    if config.init == "balanced":
+        w = balanced_embedding(u, n, rng)
     lr = config.learning_rate
+    top = min(config.n_singular, d, c, n)
+    sv_w = np.empty((config.steps + 1, top))
+    sv_u = np.empty((config.steps + 1, top))
+    snapshots: dict[int, np.ndarray] = {}
 
     points = config.steps + 1
     rm_cov = np.empty(points)
@@ -175,6 +197,10 @@ def train_toy(config: ToyConfig) -> ToyRun:
             spectrum = eigenspectrum(w)
             rm_cov[step] = rankme(spectrum, "covariance")
             rm_sing[step] = rankme(spectrum, "singular")
+            sv_w[step] = np.linalg.svd(w, compute_uv=False)[:top]
+            sv_u[step] = np.linalg.svd(u, compute_uv=False)[:top]
+            if step in config.snapshot_steps:
+                snapshots[step] = w.copy()
             if step == config.steps:
                 break
             grad_u = w.T @ grad_logits
@@ -197,7 +223,99 @@ def train_toy(config: ToyConfig) -> ToyRun:
         loss=losses,
         labels=labels,
         embeddings=w,
+        singular_w=sv_w,
+        singular_u=sv_u,
+        snapshots=snapshots,
+        readout=u,
     )
+
+
+def balanced_embedding(
+    u: Float[np.ndarray, "d classes"], n: int, rng: np.random.Generator
+) -> Float[np.ndarray, "samples d"]:
+    """An ``n x d`` embedding ``W`` with ``W^T W = U U^T``: the balanced initialisation of the
+    paper's Theorem B.2. With ``U = A S B^T`` (thin SVD), ``W = Q S A^T`` for a random ``Q``
+    with orthonormal columns, so W and U start with the same singular values."""
+    d = u.shape[0]
+    if n < d:
+        raise ValueError(f"a balanced W needs n_samples >= d_embed, got {n} < {d}")
+    a, sing, _ = np.linalg.svd(u, full_matrices=False)
+    q, _ = np.linalg.qr(rng.normal(size=(n, d)))
+    return q @ np.diag(sing) @ a.T
+
+
+def paper_conditions(base: ToyConfig | None = None) -> dict[str, ToyConfig]:
+    """Paper 2's setting first, then ours and the controls, each one change away.
+
+    - ``"hard labels (paper)"``: one-hot targets, Zipf-skewed classes, ``d < C``: the setup
+      of the paper's section 3.3 (its Fig 5); at our sizes RankMe collapses and then only
+      rises, with no compression;
+    - ``"soft targets (ours)"``: targets ``(1 - eps) e_y + eps pi``, our addition: the
+      irreducible entropy of next-token prediction gives the loss a finite optimum, and
+      RankMe rises then falls;
+    - the paper's controls applied to the soft-target condition: ``"uniform classes"``,
+      ``"no bottleneck"`` (``d = C``), ``"MSE loss"``.
+    """
+    base = base or ToyConfig()
+    soft = base if base.label_smoothing > 0 else replace(base, label_smoothing=0.3)
+    controls = toy_conditions(soft)
+    return {
+        "hard labels (paper)": replace(soft, label_smoothing=0.0),
+        "soft targets (ours)": soft,
+        "uniform classes": controls["uniform classes"],
+        "no bottleneck": controls["no bottleneck"],
+        "MSE loss": controls["MSE loss"],
+    }
+
+
+def class_clusters(run: ToyRun, steps: Sequence[int] | None = None) -> pd.DataFrame:
+    """The embeddings ``F`` at the snapshot ``steps`` (default: all of the run's snapshots)
+    projected on their own top two principal directions: one row per (step, sample) with its
+    class, the class's frequency rank (0 = most frequent) and the 2-D coordinates, ready for a
+    scatter per step (Fig 5B). Signs of the directions are fixed so that the most frequent
+    class's mean has positive coordinates."""
+    steps = sorted(run.snapshots) if steps is None else list(steps)
+    missing = [s for s in steps if s not in run.snapshots]
+    if missing:
+        raise ValueError(
+            f"steps {missing} were not kept; snapshots exist for {sorted(run.snapshots)} "
+            "(set ToyConfig.snapshot_steps)"
+        )
+    counts = np.bincount(run.labels, minlength=run.config.n_classes)
+    rank = np.empty_like(counts)
+    rank[np.argsort(-counts, kind="stable")] = np.arange(len(counts))
+    top_class = int(np.argmax(counts))
+    frames = []
+    for step in steps:
+        f = run.snapshots[step]
+        centred = f - f.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        xy = centred @ vt[:2].T
+        if xy.shape[1] < 2:
+            xy = np.column_stack([xy, np.zeros(len(xy))])
+        sign = np.sign(xy[run.labels == top_class].mean(0))
+        xy = xy * np.where(sign == 0, 1.0, sign)
+        frames.append(pd.DataFrame({"step": step, "sample": np.arange(len(f)),
+                                    "label": run.labels, "class_rank": rank[run.labels],
+                                    "x": xy[:, 0], "y": xy[:, 1]}))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def singular_value_table(run: ToyRun) -> pd.DataFrame:
+    """Top singular values of W and U at every step, tidy: ``step, matrix, index, value``
+    (Fig 5D: under the balanced initialisation the two coincide)."""
+    rows = []
+    for matrix, values in (("W", run.singular_w), ("U", run.singular_u)):
+        for i in range(values.shape[1]):
+            rows.append(pd.DataFrame({"step": run.steps, "matrix": matrix, "index": i,
+                                      "value": values[:, i]}))  # fmt: skip
+    return pd.concat(rows, ignore_index=True)
+
+
+def balance_gap(w: np.ndarray, u: np.ndarray) -> float:
+    """``||W^T W - U U^T|| / ||U U^T||`` (Frobenius): 0 for a balanced pair."""
+    uu = u @ u.T
+    return float(np.linalg.norm(w.T @ w - uu) / np.linalg.norm(uu))
 
 
 def run_conditions(

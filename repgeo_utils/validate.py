@@ -16,6 +16,7 @@ ValueError: learning_rate must be a finite number > 0, got inf
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import numbers
 from collections.abc import Collection, Sequence
@@ -146,6 +147,31 @@ def pair(name: str, value: Any) -> tuple[Any, Any]:
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
         raise ValueError(f"{name} must be a pair of two values, got {value!r}")
     return value[0], value[1]
+
+
+def refuse_unknown_names(cls: type[T]) -> type[T]:
+    """Class decorator for a settings dataclass: a keyword that is not one of its fields is
+    refused with the names that would work (and the closest one), instead of Python's bare
+    "unexpected keyword argument". ``dataclasses.replace`` goes through the same check."""
+    init = cls.__init__
+    known = [f for f in getattr(cls, "__dataclass_fields__", {})]
+
+    @functools.wraps(init)
+    def checked_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        unknown = [name for name in kwargs if name not in known]
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, known, n=1)
+                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TypeError(
+                f"{cls.__name__} has no setting {', '.join(hints)}; its settings are "
+                f"{', '.join(known)}"
+            )
+        init(self, *args, **kwargs)
+
+    setattr(cls, "__init__", checked_init)  # noqa: B010 (mypy refuses assigning a method)
+    return cls
 
 
 def boolean(name: str, value: Any) -> bool:

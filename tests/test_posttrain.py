@@ -105,16 +105,27 @@ def test_exact_match_reward_takes_trl_keyword_columns_and_checks_lengths():
         ({"id_task": "imdb"}, "unknown prompt task 'imdb'"),
         ({"ood_task": "bbc-news"}, "must differ"),
         ({"max_prompt_tokens": 64}, "max_prompt_tokens < max_length"),
-        ({"sft": PT.SFTSettings(steps=0)}, "sft: steps"),
-        ({"dpo": PT.DPOSettings(beta=0.0)}, "dpo.beta"),
-        ({"rl": PT.RLSettings(batch_size=10, num_generations=4)}, "multiple of"),
-        ({"rl": PT.RLSettings(num_generations=1)}, "num_generations must be >= 2"),
-        ({"rl": PT.RLSettings(learning_rate=0.0)}, "rl: learning_rate"),
+        ({"sft": {"steps": 0}}, "sft must be a SFTSettings"),
     ],
 )
 def test_bad_configs_fail_clearly(overrides, message):
     with pytest.raises(ValueError, match=message):
         PT.PosttrainConfig(**overrides)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: PT.SFTSettings(steps=0), "steps must be an int >= 1, got 0"),
+        (lambda: PT.DPOSettings(beta=0.0), "beta must be a finite number > 0, got 0"),
+        (lambda: PT.RLSettings(batch_size=10, num_generations=4), "multiple of"),
+        (lambda: PT.RLSettings(num_generations=1), "num_generations must be an int >= 2"),
+        (lambda: PT.RLSettings(learning_rate=0.0), "learning_rate must be a finite number > 0"),
+    ],
+)
+def test_bad_stage_settings_fail_clearly(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 def test_unknown_setting_name_fails_clearly():

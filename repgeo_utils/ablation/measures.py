@@ -31,7 +31,12 @@ import torch
 
 from .. import validate
 from ..finetune import predict_logits
-from ..lm.sweeps import causal_lm_batches, last_token_features
+from ..lm.sweeps import (
+    causal_lm_batches,
+    last_token_features,
+    model_positions,
+    resolve_max_length,
+)
 from .hooks import ABLATION_MODES, EigenBasis, ablation_sweep, check_ks, fit_eigenbasis
 
 log = logging.getLogger(__name__)
@@ -165,12 +170,15 @@ def lm_loss_ablation(
     eval_texts: Sequence[str],
     ks: Sequence[int],
     *,
-    max_length: int = 128,
+    max_length: int | None = None,
     batch_size: int = 32,
     modes: Sequence[str] = ABLATION_MODES,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Mean next-token loss of a causal LM with its final representation ablated.
+
+    Texts are cut at ``max_length`` tokens: None (the default) is the model's context, and
+    a longer ``max_length`` is refused (:func:`repgeo_utils.lm.sweeps.resolve_max_length`).
 
     The eigenbasis is fitted on the final LayerNorm's output (:func:`final_representation_module`)
     at every real token of ``fit_texts``; the loss on ``eval_texts`` (tokenised, padded and
@@ -181,6 +189,7 @@ def lm_loss_ablation(
     """
     fit_texts = _check_texts(fit_texts, "fit_texts")
     eval_texts = _check_texts(eval_texts, "eval_texts")
+    max_length = resolve_max_length(max_length, model_positions(model))
     _check_sizes(ks, int(model.config.hidden_size), max_length, batch_size)
     module = final_representation_module(model)
     model.eval()

@@ -11,7 +11,17 @@ loadable revisions, and sweeps of representations over those checkpoints (paper 
 - :mod:`~repgeo_utils.lm.training`: :func:`pretrain` (resumable, cached run folders);
 - :mod:`~repgeo_utils.lm.checkpoints`: Pythia's checkpoint schedule and revisions on disk, shared
   with :mod:`repgeo_utils.posttrain`;
-- :mod:`~repgeo_utils.lm.sweeps`: last-token features, loss and RankMe / alpha-ReQ per revision.
+- :mod:`~repgeo_utils.lm.sweeps`: last-token features, loss and RankMe / alpha-ReQ per revision;
+- :mod:`~repgeo_utils.lm.phases`: the phases of a trajectory with their noise, alpha per phase,
+  bases spread over the phases;
+- :mod:`~repgeo_utils.lm.memorization`: distributional memorization with an infini-gram index
+  of the training tokens (paper 2, Fig 4 and Table 1);
+- :mod:`~repgeo_utils.lm.downstream`: linear probes and few-shot accuracy over checkpoints, and
+  their correlation with RankMe and alpha (appendix C.2);
+- :mod:`~repgeo_utils.lm.generations`: early checkpoints' continuations and their repetition
+  (Fig 7);
+- :mod:`~repgeo_utils.lm.standard`: the standard run end to end in one command, its recorded
+  tables (:func:`load_recorded`).
 """
 
 from .checkpoints import (
@@ -35,25 +45,95 @@ from .corpus import (
     train_tokenizer,
     tweets,
 )
+from .downstream import (
+    DownstreamSettings,
+    correlation_table,
+    downstream_over_checkpoints,
+    few_shot_accuracy,
+    linear_probe_accuracy,
+)
+from .generations import (
+    DEFAULT_PROMPTS,
+    early_revisions,
+    generations_over_checkpoints,
+    repetition_by_checkpoint,
+    repetition_measures,
+)
+from .memorization import (
+    MemorizationResult,
+    NgramIndex,
+    corpus_ngram_index,
+    memorization_over_checkpoints,
+    memorization_peak,
+    suffix_length_table,
+)
 from .model import (
     FORMAT_VERSION,
+    OPTIMIZER_IMPLEMENTATIONS,
     PRETRAIN_SETTINGS,
+    TRAINING_VERSION,
     PretrainConfig,
     build_model,
     count_parameters,
     make_optimizer,
     train_step,
 )
+from .phases import (
+    bases_across_phases,
+    checkpoint_noise,
+    phase_table,
+    seed_spread,
+    values_by_phase,
+)
+from .standard import (
+    RECORDED_DIR,
+    STANDARD_SETTINGS,
+    RecordedRun,
+    StandardSetting,
+    load_recorded,
+    run_standard,
+)
 from .sweeps import (
     CheckpointSweep,
     RevisionFeatures,
     causal_lm_batches,
     last_token_features,
+    resolve_max_length,
     sweep_checkpoints,
 )
 from .training import PretrainResult, is_run_complete, pretrain, run_folder
 
 __all__ = [
+    "DEFAULT_PROMPTS",
+    "OPTIMIZER_IMPLEMENTATIONS",
+    "RECORDED_DIR",
+    "STANDARD_SETTINGS",
+    "TRAINING_VERSION",
+    "DownstreamSettings",
+    "MemorizationResult",
+    "NgramIndex",
+    "RecordedRun",
+    "StandardSetting",
+    "bases_across_phases",
+    "checkpoint_noise",
+    "corpus_ngram_index",
+    "correlation_table",
+    "downstream_over_checkpoints",
+    "early_revisions",
+    "few_shot_accuracy",
+    "generations_over_checkpoints",
+    "linear_probe_accuracy",
+    "load_recorded",
+    "memorization_over_checkpoints",
+    "memorization_peak",
+    "phase_table",
+    "repetition_by_checkpoint",
+    "repetition_measures",
+    "resolve_max_length",
+    "run_standard",
+    "seed_spread",
+    "suffix_length_table",
+    "values_by_phase",
     "EOS_TOKEN",
     "FORMAT_VERSION",
     "LOG_SPACED_STEPS",

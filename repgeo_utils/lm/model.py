@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from .. import validate
+
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the code changes what a config produces (part of every corpus and run key).
@@ -22,10 +24,21 @@ log = logging.getLogger(__name__)
 #: is not UTF-8 as Latin-1 (a pound sign) where version 1 put U+FFFD.
 FORMAT_VERSION = 2
 
+#: Bumped whenever the training loop changes the numbers a run produces (part of run keys only,
+#: so the corpus and tokenizer stay shared). 2: fused AdamW and for-each gradient clipping,
+#: which round differently from the per-tensor loops that version 1 used on the CPU.
+TRAINING_VERSION = 2
+
+#: The AdamW implementations :func:`make_optimizer` offers (torch's ``fused`` kernel, its
+#: ``foreach`` multi-tensor path, or the per-tensor ``for-loop`` that torch picks on the CPU by
+#: default). ``benchmarks/bench_pretrain.py`` times them against each other.
+OPTIMIZER_IMPLEMENTATIONS: tuple[str, ...] = ("fused", "foreach", "for-loop")
+
 
 # --- configuration ---------------------------------------------------------------------------
 
 
+@validate.refuse_unknown_names
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything that determines a pretraining run (the whole dataclass is its cache key).
@@ -68,50 +81,59 @@ class PretrainConfig:
     max_documents: int | None = None  # a seeded subset of each source (tests, tiny runs)
 
     def __post_init__(self) -> None:
-        problems = []
-        if not isinstance(self.seed, int) or self.seed < 0:
-            problems.append(f"seed must be a non-negative int, got {self.seed!r}")
-        if not 260 <= self.vocab_size <= 65_535:
-            problems.append(
-                f"vocab_size must be between 260 (256 bytes + special tokens) and 65,535 "
-                f"(token ids are stored as uint16), got {self.vocab_size}"
-            )
-        for name in ("num_layers", "hidden_size", "num_heads", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_heads >= 1 and self.hidden_size % self.num_heads:
+        problems: list[str] = []
+
+        def check(name: str, rule, *args, **kwargs) -> None:
+            try:
+                value = rule(name, getattr(self, name), *args, **kwargs)
+            except (TypeError, ValueError) as err:
+                problems.append(str(err))
+                return
+            if isinstance(value, int):  # a NumPy integer becomes an int (equal keys)
+                object.__setattr__(self, name, value)
+
+        check("seed", validate.non_negative_int)
+        check("corpus_seed", validate.non_negative_int)
+        # 256 bytes + special tokens; token ids are stored as uint16 and 65,535 is the document
+        # separator of the n-gram index
+        check("vocab_size", validate.integer, minimum=260, maximum=65_535)
+        for name in ("num_layers", "hidden_size", "num_heads", "steps", "batch_size"):
+            check(name, validate.positive_int)
+        check("checkpoint_every", validate.positive_int)
+        check("context_length", validate.integer, minimum=2)
+        if self.intermediate_size is not None:
+            check("intermediate_size", validate.positive_int)
+        if self.max_documents is not None:
+            check("max_documents", validate.integer, minimum=4)
+        check("rotary_pct", validate.real, minimum=0.0, maximum=1.0, strict_minimum=True)
+        check("init_std", validate.positive_float)
+        check("learning_rate", validate.positive_float)
+        check("min_lr_ratio", validate.fraction)
+        check("warmup_fraction", validate.fraction, open_high=True)
+        check("weight_decay", validate.non_negative_float)
+        check("holdout_fraction", validate.real, minimum=0.0, maximum=0.5,
+              strict_minimum=True, strict_maximum=True)  # fmt: skip
+        if self.grad_clip is not None:
+            check("grad_clip", validate.positive_float)
+        for name in ("cosine_decay", "use_bbc", "use_tweets"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                problems.append(
+                    f"{name} must be True or False, got {type(value).__name__} {value!r}"
+                )
+        try:
+            betas = validate.pair("adam_betas", self.adam_betas)
+            for i, beta in enumerate(betas):
+                validate.fraction(f"adam_betas[{i}]", beta, open_high=True)
+        except (TypeError, ValueError) as err:
+            problems.append(str(err))
+        if not problems and self.hidden_size % self.num_heads:
             problems.append(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
-                f"({self.num_heads})"
+                f"({self.num_heads}); e.g. num_heads={_divisor_near(self.hidden_size, self.num_heads)}"
             )
-        if self.intermediate_size is not None and self.intermediate_size < 1:
-            problems.append(f"intermediate_size must be positive, got {self.intermediate_size}")
-        if self.context_length < 2:
-            problems.append(f"context_length must be at least 2, got {self.context_length}")
-        if not 0.0 < self.rotary_pct <= 1.0:
-            problems.append(f"rotary_pct must be in (0, 1], got {self.rotary_pct}")
-        if self.steps < 1:
-            problems.append(f"steps must be at least 1, got {self.steps}")
-        if not self.learning_rate > 0:
-            problems.append(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay must be non-negative, got {self.weight_decay}")
-        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
-            problems.append(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            problems.append(f"grad_clip must be positive or None, got {self.grad_clip}")
-        if not self.init_std > 0:
-            problems.append(f"init_std must be positive, got {self.init_std}")
-        if not (self.use_bbc or self.use_tweets):
+        if not problems and not (self.use_bbc or self.use_tweets):
             problems.append("the corpus needs at least one source: use_bbc or use_tweets")
-        if not 0.0 < self.holdout_fraction < 0.5:
-            problems.append(f"holdout_fraction must be in (0, 0.5), got {self.holdout_fraction}")
-        if self.max_documents is not None and self.max_documents < 4:
-            problems.append(f"max_documents must be at least 4 or None, got {self.max_documents}")
         if problems:
             raise ValueError("Invalid PretrainConfig: " + "; ".join(problems) + ".")
         # normalise so that equal settings give equal keys (a list from JSON vs a tuple)
@@ -147,7 +169,7 @@ class PretrainConfig:
 
     def run_key(self) -> dict[str, Any]:
         """The cache key of a run: every field plus the code's format version."""
-        return {"config": asdict(self), "format": FORMAT_VERSION}
+        return {"config": asdict(self), "format": FORMAT_VERSION, "training": TRAINING_VERSION}
 
     def run_name(self) -> str:
         """A readable folder name; the hash of :meth:`run_key` makes it unique."""
@@ -196,6 +218,11 @@ PRETRAIN_SETTINGS: dict[str, PretrainConfig] = {
         checkpoint_every=1000,
     ),
 }
+
+
+def _divisor_near(hidden: int, heads: int) -> int:
+    """The divisor of ``hidden`` closest to ``heads`` (for an error message)."""
+    return min((d for d in range(1, hidden + 1) if hidden % d == 0), key=lambda d: abs(d - heads))
 
 
 # --- model and training ------------------------------------------------------------------------
@@ -256,21 +283,35 @@ def count_parameters(model, non_embedding: bool = False) -> int:
 
 def train_step(model, optimizer, input_ids, grad_clip: float | None = 1.0) -> float:
     """One optimizer update on a batch of token ids (next-token loss, gradient clipping);
-    returns the batch's loss. The learning rate is whatever the optimizer's groups hold."""
+    returns the batch's loss. The learning rate is whatever the optimizer's groups hold.
+    Clipping uses torch's multi-tensor (``foreach``) norm, one kernel for all gradients."""
     loss = model(input_ids=input_ids, labels=input_ids).loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
     optimizer.step()
     return float(loss.detach())
 
 
-def make_optimizer(model, config: PretrainConfig):
-    """AdamW with Pythia's settings: decay on weight matrices only, eps 1e-8."""
+def make_optimizer(model, config: PretrainConfig, implementation: str = "fused"):
+    """AdamW with Pythia's settings: decay on weight matrices only, eps 1e-8.
+
+    ``implementation`` picks torch's kernel (:data:`OPTIMIZER_IMPLEMENTATIONS`): ``"fused"``
+    (the default since training version 2) updates every parameter in one kernel;
+    ``"for-loop"`` is what torch chooses on the CPU when not told, and was about 11% of a
+    training step of the quick setting (``benchmarks/bench_pretrain.py`` measures both).
+    """
+    validate.one_of("implementation", implementation, OPTIMIZER_IMPLEMENTATIONS)
+    kwargs: dict[str, Any] = {
+        "fused": {"fused": True},
+        "foreach": {"foreach": True},
+        "for-loop": {"foreach": False},
+    }[implementation]
     return torch.optim.AdamW(
         _parameter_groups(model, config.weight_decay),
         lr=config.lr_at(0),
         betas=config.adam_betas,
         eps=1e-8,
+        **kwargs,
     )

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .. import spectral
+from .. import spectral, validate
 from ..cache import cache_entry, key_hash
 from ..models import load_model, resolve_model
 from .checkpoints import list_revisions, quiet_progress_bars, revision_step
@@ -82,6 +82,33 @@ def _resolve_layers(layers: str | Sequence[int], num_layers: int) -> list[int]:
     return sorted(set(out))
 
 
+def model_positions(model) -> int | None:
+    """How many positions the model was built for (``max_position_embeddings``), or None."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return int(positions) if positions else None
+
+
+def resolve_max_length(max_length: int | None, positions: int | None) -> int:
+    """The token limit to cut texts at: the model's context when ``max_length`` is None (as
+    paper 2's code truncates to the context); an explicit ``max_length`` beyond the model's
+    positions is refused, since the model never saw such positions in training."""
+    if max_length is None:
+        if positions is None:
+            raise ValueError(
+                "max_length=None means 'the model's context', but the model's config has no "
+                "max_position_embeddings: pass max_length explicitly."
+            )
+        return positions
+    validate.positive_int("max_length", max_length)
+    if positions is not None and max_length > positions:
+        raise ValueError(
+            f"max_length {max_length} exceeds the model's {positions} positions (its context): "
+            f"texts would run past the positions it was trained on. Use max_length <= "
+            f"{positions}, or None for the context itself."
+        )
+    return max_length
+
+
 def causal_lm_batches(
     tokenizer, texts: Sequence[str], *, max_length: int = 128, batch_size: int = 32
 ) -> list[tuple[np.ndarray, Any, Any]]:
@@ -119,18 +146,20 @@ def last_token_features(
     texts: Sequence[str],
     layers: Sequence[int],
     *,
-    max_length: int = 128,
+    max_length: int | None = None,
     batch_size: int = 32,
     device: str = "cpu",
 ) -> tuple[dict[int, np.ndarray], float, int]:
     """Last-token hidden states of ``layers`` for ``texts`` and the mean next-token loss.
 
-    Texts are truncated to ``max_length`` tokens, batched by length (right padding), and the
-    state at each text's last real token is kept, in float32. Returns
-    ``(layer -> (n_texts, hidden) array, mean loss, predicted tokens)``.
+    Texts are truncated to ``max_length`` tokens (None: the model's context; more than the
+    context is refused), batched by length (right padding), and the state at each text's last
+    real token is kept, in float32. Returns ``(layer -> (n_texts, hidden) array, mean loss,
+    predicted tokens)``.
     """
     if not texts:
         raise ValueError("last_token_features needs at least one text.")
+    max_length = resolve_max_length(max_length, model_positions(model))
     batches = causal_lm_batches(tokenizer, texts, max_length=max_length, batch_size=batch_size)
     n_texts = sum(len(idx) for idx, _, _ in batches)
     hidden = int(model.config.hidden_size)
@@ -173,7 +202,7 @@ def sweep_checkpoints(
     texts: Sequence[str],
     *,
     layers: str | Sequence[int] = "final",
-    max_length: int = 128,
+    max_length: int | None = None,
     batch_size: int = 32,
     device: str = "cpu",
     spectral_metrics: bool = True,
@@ -187,7 +216,10 @@ def sweep_checkpoints(
     written by :func:`pretrain` (``revisions=None`` sweeps all of its saved revisions) or a
     hub id such as ``EleutherAI/pythia-160m`` with revisions from :func:`pythia_revisions`.
     ``layers`` indexes ``hidden_states`` (``"final"``, ``"all"`` or a list; the final entry is
-    the output of the final LayerNorm, which feeds the unembedding). Each revision's result is
+    the output of the final LayerNorm, which feeds the unembedding). Texts are cut to
+    ``max_length`` tokens: by default (None) the model's context, as paper 2's code cuts them;
+    a longer ``max_length`` is refused (a 128-token cut of a 64-token model ran texts past its
+    trained positions before this check). Each revision's result is
     cached under ``data/cache/checkpoint-sweep/`` keyed by the weights, texts and settings.
     With ``spectral_metrics`` (the default), ``metrics`` is a table with RankMe (both variants)
     and alpha-ReQ per revision and layer from :func:`repgeo_utils.spectral.spectral_summary`:
@@ -214,13 +246,14 @@ def sweep_checkpoints(
             with quiet_progress_bars():
                 net, tokenizer = load_model(model, revision, kind="causal-lm")
             net.to(device)
+            limit = resolve_max_length(max_length, model_positions(net))
             ids = _resolve_layers(layers, int(net.config.num_hidden_layers))
             feats, loss, n_tok = last_token_features(
                 net,
                 tokenizer,
                 texts,
                 ids,
-                max_length=max_length,
+                max_length=limit,
                 batch_size=batch_size,
                 device=device,
             )
@@ -236,7 +269,8 @@ def sweep_checkpoints(
             "n_texts": len(texts),
             "layers": layers if isinstance(layers, str) else list(layers),
             "max_length": max_length,
-            "format": 1,
+            # 2: texts cut at the model's context by default, longer cuts refused
+            "format": 2,
         }
         if ref.source != "hub":  # the weights themselves (a hub model: its id and revision)
             key["fingerprint"] = ref.fingerprint()

@@ -29,12 +29,26 @@ stage's starting point), so :func:`repgeo_utils.lm.sweep_checkpoints` measures i
 pretraining run. A stage is written to a temporary folder and renamed only when complete:
 an interrupted run keeps the finished stages and redoes only the interrupted one.
 
+A synthetic task with a large answer space (:data:`SYNTHETIC_TASKS`: ``"12+7="`` -> ``19``)
+is the standard run's ID task, so that pass@k at large k is not saturated by guessing.
+
 Modules: :mod:`~repgeo_utils.posttrain.tasks` (prompt tasks, data, reward),
 :mod:`~repgeo_utils.posttrain.stages` (settings, the per-stage trainer builders of
 :data:`TRAINER_BUILDERS`, :func:`posttrain`), :mod:`~repgeo_utils.posttrain.measures` (pass@k,
-generation, answer NLL, :func:`measure_posttraining`, :func:`stage_summary`).
+generation, answer NLL, :func:`measure_posttraining`, :func:`stage_summary`),
+:mod:`~repgeo_utils.posttrain.seeds` (the stages over seeds, GRPO without and with a KL
+penalty, tidy tables with spreads, the random-guess pass@k), and
+:mod:`~repgeo_utils.posttrain.checkpoint_sft` (the same SFT from successive pretraining
+checkpoints, ID and OOD loss; paper 2's Fig 6B).
 """
 
+from .checkpoint_sft import (
+    CheckpointSFTSettings,
+    TopicPair,
+    bbc_topic_pair,
+    first_sentence,
+    sft_from_checkpoints,
+)
 from .measures import (
     DEAD_BAND,
     PosttrainMeasurements,
@@ -48,6 +62,15 @@ from .measures import (
     sample_correct_counts,
     solved_counts,
     stage_summary,
+)
+from .seeds import (
+    SEED_MEASURES,
+    SeedRuns,
+    posttrain_over_seeds,
+    random_pass_at_k,
+    rl_variants,
+    run_seed,
+    summarise_changes,
 )
 from .stages import (
     FORMAT_VERSION,
@@ -68,8 +91,11 @@ from .stages import (
 )
 from .tasks import (
     PROMPT_TASKS,
+    SYNTHETIC_TASKS,
+    AdditionTask,
     PromptData,
     PromptTask,
+    addition_prompt_data,
     build_prompt_data,
     dpo_pairs,
     exact_match_reward,
@@ -77,6 +103,21 @@ from .tasks import (
 )
 
 __all__ = [
+    "SEED_MEASURES",
+    "SYNTHETIC_TASKS",
+    "AdditionTask",
+    "CheckpointSFTSettings",
+    "SeedRuns",
+    "TopicPair",
+    "addition_prompt_data",
+    "bbc_topic_pair",
+    "first_sentence",
+    "posttrain_over_seeds",
+    "random_pass_at_k",
+    "rl_variants",
+    "run_seed",
+    "sft_from_checkpoints",
+    "summarise_changes",
     "DEAD_BAND",
     "FORMAT_VERSION",
     "POSTTRAIN_SETTINGS",

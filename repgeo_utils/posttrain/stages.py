@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
+from .. import validate
 from ..cache import cache_entry, key_hash
 from ..config import seed_everything
 from ..finetune import no_datasets_bars
@@ -35,7 +36,14 @@ from ..lm.checkpoints import (
 )
 from ..lm.training import torch_threads
 from ..models import load_model, load_tokenizer, resolve_model
-from .tasks import PROMPT_TASKS, PromptData, build_prompt_data, dpo_pairs, exact_match_reward
+from .tasks import (
+    PROMPT_TASKS,
+    SYNTHETIC_TASKS,
+    PromptData,
+    build_prompt_data,
+    dpo_pairs,
+    exact_match_reward,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,31 @@ STAGE_TITLES = {"sft": "SFT", "dpo": "DPO", "rl": "RL (GRPO)"}
 # --- configuration -----------------------------------------------------------------------------
 
 
+def _check_fields(owner: str, settings: Any, rules: dict[str, Callable[[str, Any], Any]]) -> None:
+    """Apply ``rules`` (field -> check of :mod:`repgeo_utils.validate`) to ``settings``; one
+    error naming every bad field, its value and what would work."""
+    problems = []
+    for name, rule in rules.items():
+        try:
+            value = rule(name, getattr(settings, name))
+        except (TypeError, ValueError) as err:
+            problems.append(str(err))
+            continue
+        if isinstance(value, int) and not isinstance(getattr(settings, name), bool):
+            object.__setattr__(settings, name, value)  # a NumPy integer becomes an int
+    if problems:
+        raise ValueError(f"Invalid {owner}: " + "; ".join(problems) + ".")
+
+
+_STEP_RULES: dict[str, Callable[[str, Any], Any]] = {
+    "steps": validate.positive_int,
+    "batch_size": validate.positive_int,
+    "learning_rate": validate.positive_float,
+    "checkpoint_every": validate.positive_int,
+}
+
+
+@validate.refuse_unknown_names
 @dataclass(frozen=True)
 class SFTSettings:
     """Supervised fine-tuning (TRL ``SFTTrainer``, prompt-completion data, loss on the
@@ -59,7 +92,11 @@ class SFTSettings:
     learning_rate: float = 1e-3
     checkpoint_every: int = 50
 
+    def __post_init__(self) -> None:
+        _check_fields("SFTSettings", self, _STEP_RULES)
 
+
+@validate.refuse_unknown_names
 @dataclass(frozen=True)
 class DPOSettings:
     """Direct preference optimisation (TRL ``DPOTrainer``, sigmoid loss, reference = the SFT
@@ -71,12 +108,17 @@ class DPOSettings:
     beta: float = 0.1
     checkpoint_every: int = 50
 
+    def __post_init__(self) -> None:
+        _check_fields("DPOSettings", self, {**_STEP_RULES, "beta": validate.positive_float})
 
+
+@validate.refuse_unknown_names
 @dataclass(frozen=True)
 class RLSettings:
     """Verifiable-reward RL (TRL ``GRPOTrainer``): ``batch_size`` completions per step,
     ``num_generations`` per prompt, rewards normalised within each prompt's group.
-    ``kl_beta`` = 0 trains without a reference model (TRL's default)."""
+    ``kl_beta`` = 0 trains without a reference model (TRL's default); ``kl_beta`` > 0 adds
+    TRL's KL penalty (``GRPOConfig.beta``) towards the stage's starting model."""
 
     steps: int = 300
     batch_size: int = 32
@@ -87,7 +129,27 @@ class RLSettings:
     kl_beta: float = 0.0
     checkpoint_every: int = 50
 
+    def __post_init__(self) -> None:
+        _check_fields(
+            "RLSettings",
+            self,
+            {
+                **_STEP_RULES,
+                "num_generations": lambda n, v: validate.integer(n, v, minimum=2),
+                "temperature": validate.positive_float,
+                "max_completion_tokens": validate.positive_int,
+                "kl_beta": validate.non_negative_float,
+            },
+        )
+        if self.batch_size % self.num_generations:
+            raise ValueError(
+                f"Invalid RLSettings: batch_size ({self.batch_size}) must be a multiple of "
+                f"num_generations ({self.num_generations}), e.g. batch_size="
+                f"{self.num_generations * max(1, round(self.batch_size / self.num_generations))}."
+            )
 
+
+@validate.refuse_unknown_names
 @dataclass(frozen=True)
 class PosttrainConfig:
     """Everything that determines a post-training run (with the base model's weights, its
@@ -113,33 +175,42 @@ class PosttrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in (self.id_task, self.ood_task):
-            if name not in PROMPT_TASKS:
-                problems.append(f"unknown prompt task {name!r} (known: {', '.join(PROMPT_TASKS)})")
+        known = (*PROMPT_TASKS, *SYNTHETIC_TASKS)
+        for name in ("id_task", "ood_task"):
+            if getattr(self, name) not in known:
+                problems.append(f"unknown prompt task {getattr(self, name)!r} for {name} (known: "
+                                f"{', '.join(known)})")  # fmt: skip
         if self.id_task == self.ood_task:
             problems.append("id_task and ood_task must differ (OOD = a task no stage trains on)")
-        if self.max_prompt_tokens < 4 or self.max_length <= self.max_prompt_tokens:
+        for name, cls in (("sft", SFTSettings), ("dpo", DPOSettings), ("rl", RLSettings)):
+            if not isinstance(getattr(self, name), cls):
+                problems.append(f"{name} must be a {cls.__name__}, got "
+                                f"{type(getattr(self, name)).__name__} {getattr(self, name)!r}")  # fmt: skip
+        for name, rule in (
+            ("seed", validate.non_negative_int),
+            ("max_prompt_tokens", lambda n, v: validate.integer(n, v, minimum=4)),
+            ("max_length", validate.positive_int),
+        ):
+            try:
+                rule(name, getattr(self, name))
+            except (TypeError, ValueError) as err:
+                problems.append(str(err))
+        if self.max_rows is not None:
+            try:
+                validate.integer("max_rows", self.max_rows, minimum=10)
+            except (TypeError, ValueError) as err:
+                problems.append(str(err))
+        if not problems and self.max_length <= self.max_prompt_tokens:
             problems.append(
                 f"need 4 <= max_prompt_tokens < max_length, got {self.max_prompt_tokens}, "
                 f"{self.max_length}"
             )
-        for stage in STAGES:
-            settings = getattr(self, stage)
-            if settings.steps < 1 or settings.batch_size < 1 or settings.checkpoint_every < 1:
-                problems.append(f"{stage}: steps, batch_size and checkpoint_every must be >= 1")
-            if not settings.learning_rate > 0:
-                problems.append(f"{stage}: learning_rate must be positive")
-        if self.rl.num_generations < 2:
-            problems.append("rl.num_generations must be >= 2 (GRPO compares completions)")
-        elif self.rl.batch_size % self.rl.num_generations:
-            problems.append(
-                f"rl.batch_size ({self.rl.batch_size}) must be a multiple of "
-                f"rl.num_generations ({self.rl.num_generations})"
-            )
-        if self.rl.temperature <= 0:
-            problems.append("rl.temperature must be positive")
-        if self.dpo.beta <= 0:
-            problems.append("dpo.beta must be positive")
+        for name in ("base_model", "base_revision"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                problems.append(
+                    f"{name} must be a str or None, got {type(value).__name__} {value!r}"
+                )
         if problems:
             raise ValueError("Invalid PosttrainConfig: " + "; ".join(problems))
 
@@ -148,6 +219,28 @@ class PosttrainConfig:
 #: minute for all three stages on one thread); ``tiny``: a few steps each, for tests.
 POSTTRAIN_SETTINGS: dict[str, PosttrainConfig] = {
     "quick": PosttrainConfig(),
+    # the standard run's post-training: ID = addition (199 possible sums; a random guess passes
+    # 64 tries with probability 0.28), OOD = addition of larger numbers; enough steps that
+    # each stage's change beats the seed-to-seed spread (benchmarks/standard_run_search.md)
+    "standard": PosttrainConfig(
+        id_task="addition",
+        ood_task="addition-large",
+        max_rows=None,
+        max_prompt_tokens=16,
+        max_length=32,
+        sft=SFTSettings(steps=800, batch_size=32, learning_rate=1e-3, checkpoint_every=200),
+        dpo=DPOSettings(
+            steps=200, batch_size=32, learning_rate=1e-4, beta=0.1, checkpoint_every=50
+        ),
+        rl=RLSettings(
+            steps=300,
+            batch_size=32,
+            num_generations=8,
+            learning_rate=3e-4,
+            max_completion_tokens=6,
+            checkpoint_every=50,
+        ),
+    ),  # fmt: skip
     "tiny": PosttrainConfig(
         max_rows=300,
         sft=SFTSettings(steps=6, batch_size=4, checkpoint_every=3),

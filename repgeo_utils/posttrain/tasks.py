@@ -37,6 +37,36 @@ PROMPT_TASKS: dict[str, PromptTask] = {
     "tweets-binary": PromptTask("tweets-binary", "Tweet: {text}\nSentiment:"),
 }
 
+
+@dataclass(frozen=True)
+class AdditionTask:
+    """A verifiable task with a large answer space: ``"a+b="`` -> the sum, for operands ``a``
+    and ``b`` in ``[low, high)``. Unlike the five topic labels (a random guess passes 16
+    tries with probability 0.97), a random guess among its ``2 (high - low) - 1`` sums rarely
+    does, so pass@k at large k measures something."""
+
+    task: str
+    low: int
+    high: int
+    template: str = "{a}+{b}="
+
+    def prompt(self, a: int, b: int) -> str:
+        return self.template.format(a=a, b=b)
+
+    @property
+    def answers(self) -> list[str]:
+        """Every possible sum, as text, in increasing order."""
+        return [str(x) for x in range(2 * self.low, 2 * self.high - 1)]
+
+
+#: Synthetic prompt tasks (no data package needed). ``addition`` is the ID task of the
+#: standard post-training; ``addition-large`` (operands 100-199, sums 200-396) its OOD task:
+#: the same answer format on numbers no stage trains on.
+SYNTHETIC_TASKS: dict[str, AdditionTask] = {
+    "addition": AdditionTask("addition", 0, 100),
+    "addition-large": AdditionTask("addition-large", 100, 200),
+}
+
 _TRAILING = ".,;:!?\"'"
 
 
@@ -101,8 +131,11 @@ def build_prompt_data(
     """Prompt / answer rows of an offline task (raw text, no preprocessing), split as
     :func:`repgeo_utils.data.load_task` splits it (seeded, stratified): its train split for
     the stages, its test split held out."""
+    if task in SYNTHETIC_TASKS:
+        return addition_prompt_data(SYNTHETIC_TASKS[task], max_rows=max_rows, seed=seed)
     if task not in PROMPT_TASKS:
-        raise ValueError(f"Unknown prompt task {task!r}; known: {', '.join(PROMPT_TASKS)}.")
+        known = ", ".join([*PROMPT_TASKS, *SYNTHETIC_TASKS])
+        raise ValueError(f"Unknown prompt task {task!r}; known: {known}.")
     spec = PROMPT_TASKS[task]
     dataset = load_task(task, max_rows=max_rows, preprocess=None, seed=seed)
     answers = list(dataset["train"].features["label"].names)
@@ -119,9 +152,36 @@ def build_prompt_data(
     return PromptData(task, answers, splits["train"], splits["test"])
 
 
+def addition_prompt_data(
+    task: AdditionTask, *, max_rows: int | None = None, seed: int = 0
+) -> PromptData:
+    """Every ``a + b`` of the task's range, in a seeded order (the first ``max_rows`` of
+    them), split 80 / 10 / 10 like the offline tasks: the first 80% train the stages, the
+    last 10% are the held-out test rows."""
+    pairs = [(a, b) for a in range(task.low, task.high) for b in range(task.low, task.high)]
+    random.Random(seed).shuffle(pairs)
+    if max_rows is not None:
+        pairs = pairs[:max_rows]
+    rows = [{"prompt": task.prompt(a, b), "answer": str(a + b)} for a, b in pairs]
+    n_train, n_test = int(0.8 * len(rows)), max(1, int(0.1 * len(rows)))
+    return PromptData(task.task, task.answers, rows[:n_train], rows[len(rows) - n_test :])
+
+
+def _rejected(answer: str, answers: list[str], rng: random.Random) -> str:
+    """A wrong answer: for numeric answers a near miss (off by 1 to 10), else any other."""
+    if answer.lstrip("-").isdigit() and all(a.lstrip("-").isdigit() for a in answers[:3]):
+        allowed = set(answers)
+        near = [str(int(answer) + d) for d in range(-10, 11) if d]
+        near = [a for a in near if a in allowed]
+        if near:
+            return rng.choice(near)
+    return rng.choice([a for a in answers if a != answer])
+
+
 def dpo_pairs(data: PromptData, seed: int = 0) -> list[dict[str, str]]:
     """Preference pairs: chosen = the right answer, rejected = a wrong answer drawn with a
-    seeded RNG (completions carry a leading space, as in SFT)."""
+    seeded RNG, a near miss (off by 1 to 10) for numeric answers (completions carry a leading
+    space, as in SFT)."""
     if len(data.answers) < 2:
         raise ValueError("DPO pairs need at least two answers.")
     rng = random.Random(seed)
@@ -129,7 +189,7 @@ def dpo_pairs(data: PromptData, seed: int = 0) -> list[dict[str, str]]:
         {
             "prompt": row["prompt"],
             "chosen": " " + row["answer"],
-            "rejected": " " + rng.choice([a for a in data.answers if a != row["answer"]]),
+            "rejected": " " + _rejected(row["answer"], data.answers, rng),
         }
         for row in data.train
     ]
