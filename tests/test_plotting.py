@@ -7,7 +7,9 @@ import inspect
 
 from repgeo_utils import plotting
 
-MODULES = ("style", "finetuning", "similarity", "sae", "spectral", "training", "ablation")
+MODULES = (
+    "style", "finetuning", "similarity", "sae", "sae_diffing", "spectral", "training", "ablation",
+)  # fmt: skip
 
 
 def test_every_public_plot_is_re_exported():

@@ -37,8 +37,20 @@ def tiny_grid(tiny_bert_factory, tmp_path_factory):
     return grid
 
 
-def test_splice_grid_rows_and_the_probe_read_out(tiny_grid):
-    table = sd.splice_grid(tiny_grid, batch_size=8)
+@pytest.fixture(scope="module")
+def splice_table(tiny_grid):
+    return sd.splice_grid(tiny_grid, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def crosscoder_grid(tiny_grid):
+    config = sd.crosscoder_config(16, sg.GridSettings(d_sae=24, epochs=2), batch_size=32)
+    assert (config.d_sae, config.epochs, config.sparsity) == (24, 2, "l1")
+    return sd.train_crosscoder_grid(tiny_grid.data, config)
+
+
+def test_splice_grid_rows_and_the_probe_read_out(tiny_grid, splice_table):
+    table = splice_table
     # per depth: the pre-trained model with its SAE; the fine-tuned one with its own and the
     # transferred pre-trained SAE (early and middle share layer 1 in a 2-layer model)
     assert len(table) == 3 * 3
@@ -91,10 +103,8 @@ def test_sae_transfer_table(tiny_grid):
     assert np.isnan(with_splice.set_index("depth").loc["early", "kl_recovered_zero_own"])
 
 
-def test_crosscoder_grid_summary_and_matching(tiny_grid):
-    config = sd.crosscoder_config(16, sg.GridSettings(d_sae=24, epochs=2), batch_size=32)
-    assert (config.d_sae, config.epochs, config.sparsity) == (24, 2, "l1")
-    cc_grid = sd.train_crosscoder_grid(tiny_grid.data, config)
+def test_crosscoder_grid_summary_and_matching(tiny_grid, crosscoder_grid):
+    cc_grid = crosscoder_grid
     assert set(cc_grid.runs) == {("toy", "early"), ("toy", "middle"), ("toy", "late")}
     # the crosscoders hold out the SAEs' texts
     assert np.array_equal(
@@ -151,3 +161,29 @@ def test_export_grid_saelens(tiny_grid, tmp_path):
     x = torch.randn(20, 16)
     torch.testing.assert_close(load_saelens(row["folder"])(x)[0], run.sae(x)[0], atol=1e-5, rtol=0)
     assert sd.module_path(tiny_grid.data.models[("toy", sg.PRE)], 0) == "embeddings"
+
+
+def test_figures_draw_from_the_tiny_grid(tiny_grid, splice_table, crosscoder_grid):
+    import matplotlib.pyplot as plt
+
+    from repgeo_utils import plotting
+
+    fig = plotting.plot_splice_fidelity(splice_table)
+    assert len(fig.axes) == 2  # one task: accuracy and KL recovered
+    # pre-trained (own), fine-tuned (own), fine-tuned with the pre-trained SAE: 3 solid lines,
+    # each over the 2 distinct layers
+    solid = [line for line in fig.axes[1].lines if line.get_marker() == "o"]
+    assert len(solid) == 3 and all(len(line.get_xdata()) == 2 for line in solid)
+    latents = sd.crosscoder_latents(crosscoder_grid)
+    fig = plotting.plot_relative_norms(latents)
+    assert len(fig.axes) == 3 and "/" in fig.axes[0].get_title()
+    summary = sd.crosscoder_summary(latents, crosscoder_grid)
+    matched = sg.match_grid(tiny_grid.runs, tiny_grid.runs, sg.key_pairs(tiny_grid))
+    side = sd.crosscoder_vs_matching(summary, sg.matching_summary(matched))
+    fig = plotting.plot_crosscoder_vs_matching(side)
+    assert "agree" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    fig = plotting.plot_sae_transfer(sd.sae_transfer_table(tiny_grid, splice_table))
+    assert len(fig.axes) == 2
+    fig = plotting.plot_sae_transfer(sd.sae_transfer_table(tiny_grid))
+    assert len(fig.axes) == 1
+    plt.close("all")

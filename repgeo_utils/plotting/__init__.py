@@ -5,7 +5,8 @@ step they serve.
 ``plotting.save_figure``, ...); the modules are :mod:`~repgeo_utils.plotting.style` (style,
 colours, ``save_figure``, shared axis helpers), :mod:`~repgeo_utils.plotting.finetuning`
 (notebook 01), :mod:`~repgeo_utils.plotting.similarity` (02), :mod:`~repgeo_utils.plotting.sae`
-(03-04), :mod:`~repgeo_utils.plotting.spectral` (05), :mod:`~repgeo_utils.plotting.training`
+(03-04), :mod:`~repgeo_utils.plotting.sae_diffing` (03: splice-in fidelity, SAE transfer,
+crosscoders), :mod:`~repgeo_utils.plotting.spectral` (05), :mod:`~repgeo_utils.plotting.training`
 (06-08: pretraining, toy model and post-training trajectories, pass@k) and
 :mod:`~repgeo_utils.plotting.ablation` (08).
 """
@@ -29,6 +30,14 @@ from .sae import (
     plot_token_strip_pairs,
     plot_token_strips,
 )
+from .sae_diffing import (
+    BAND_COLORS,
+    SPLICE_COLORS,
+    plot_crosscoder_vs_matching,
+    plot_relative_norms,
+    plot_sae_transfer,
+    plot_splice_fidelity,
+)
 from .similarity import plot_layer_similarity, plot_similarity_by_size
 from .spectral import SPECTRAL_METRIC_LABELS, plot_eigenspectra, plot_layer_spectra
 from .style import DPI, MODEL_COLORS, POST_COLOR, PRE_COLOR, save_figure, use_style
@@ -44,6 +53,7 @@ from .training import (
 )
 
 __all__ = [
+    "BAND_COLORS",
     "DEPTH_COLORS",
     "DPI",
     "MODEL_COLORS",
@@ -51,12 +61,14 @@ __all__ = [
     "POST_COLOR",
     "PRE_COLOR",
     "SPECTRAL_METRIC_LABELS",
+    "SPLICE_COLORS",
     "STAGE_COLORS",
     "TRAJECTORY_LABELS",
     "plot_ablation",
     "plot_checkpoint_trajectory",
     "plot_classification_reports",
     "plot_confusion_matrices",
+    "plot_crosscoder_vs_matching",
     "plot_eigenspectra",
     "plot_feature_matching",
     "plot_feature_matching_with_control",
@@ -68,10 +80,13 @@ __all__ = [
     "plot_pass_at_k",
     "plot_posttrain_trajectory",
     "plot_pre_post_accuracy",
+    "plot_relative_norms",
     "plot_sae_settings",
     "plot_sae_training",
     "plot_sae_training_grid",
+    "plot_sae_transfer",
     "plot_similarity_by_size",
+    "plot_splice_fidelity",
     "plot_toy_rankme",
     "plot_token_strip_pairs",
     "plot_token_strips",
