@@ -16,7 +16,16 @@ from repgeo_utils.sae import grid as sg
 
 
 @pytest.fixture(scope="module")
-def tiny_grid(tiny_bert_factory, tmp_path_factory):
+def module_data_dir(tmp_path_factory):
+    """A data folder for this module's shared fixtures: they are built before the per-test
+    isolation applies, so they must not cache into the repository's data/."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REPGEO_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(module_data_dir, tiny_bert_factory, tmp_path_factory):
     """A one-task SAE grid built by hand from two tiny BERTs of different weights (stand-ins
     for the pre-trained and the fine-tuned model)."""
     from conftest import TINY_WORDS, make_tiny_bert
@@ -43,7 +52,7 @@ def splice_table(tiny_grid):
 
 
 @pytest.fixture(scope="module")
-def crosscoder_grid(tiny_grid):
+def crosscoder_grid(module_data_dir, tiny_grid):
     config = sd.crosscoder_config(16, sg.GridSettings(d_sae=24, epochs=2), batch_size=32)
     assert (config.d_sae, config.epochs, config.sparsity) == (24, 2, "l1")
     return sd.train_crosscoder_grid(tiny_grid.data, config)
