@@ -18,7 +18,10 @@ save/load and SAEs trained on cached activations.
   :func:`train_crosscoder_on_activations`);
 - :mod:`~repgeo_utils.sae.grid`: the task x depth x model grid of notebooks 03 and 04 (import it
   as ``from repgeo_utils.sae import grid``; it needs fine-tuning and activation extraction, so
-  ``import repgeo_utils.sae`` does not load it).
+  ``import repgeo_utils.sae`` does not load it);
+- :mod:`~repgeo_utils.sae.diffing`: splice-in fidelity, SAE transfer, crosscoders against
+  matching and SAELens export on that grid (``from repgeo_utils.sae import diffing``; not loaded
+  by ``import repgeo_utils.sae`` either).
 """
 
 from .cached import TrainedSAE, sae_cache_key, split_texts, train_sae_on_activations
