@@ -164,6 +164,7 @@ def test_export_grid_saelens(tiny_grid, tmp_path):
         32, True, False,
     )  # fmt: skip
     assert meta["task"] == "toy" and meta["model_role"] == sg.POST
+    assert meta["model_name"].endswith("fine-tuned on toy")
     assert meta["dataset_path"] == "repgeo:toy/test"
     assert (row["folder"] / "sparsity.safetensors").is_file()
     run = tiny_grid.runs[("toy", "late", sg.POST)]

@@ -400,7 +400,8 @@ def export_grid_saelens(
     grid: SAEGrid, folder: str | Path, *, sparsity: bool = True
 ) -> pd.DataFrame:
     """Write every SAE of ``grid`` as a SAELens folder ``<folder>/<task>__<depth>__<model>``
-    (:func:`~repgeo_utils.sae.export_saelens`): model name, hook (``hidden_states`` index and
+    (:func:`~repgeo_utils.sae.export_saelens`): model name (the fine-tuned model's is "<base>
+    fine-tuned on <task>", its checkpoint folder in ``model_path``), hook (``hidden_states`` index and
     module path), ``max_length`` as context size, the [CLS] as BOS, the special-token handling
     and the texts; our metadata adds the task, the model's role (pre-trained / fine-tuned), its
     path and fingerprint, and the texts' digest. With ``sparsity``, each latent's log10 firing
@@ -423,10 +424,11 @@ def export_grid_saelens(
             frequency = latent_statistics(run.sae, x).firing_frequency
         starts = acts.offsets[:-1]
         model_key = acts.key["model"]
+        base_name = str(data.activations[(task, PRE)].key["model"].get("model"))
         out = export_saelens(
             run.sae,
             folder / f"{task}__{depth}__{model.replace(' ', '-')}",
-            model_name=str(model_key.get("model")),
+            model_name=base_name if model == PRE else f"{base_name} fine-tuned on {task}",
             hidden_state=run.layer,
             module_path=paths[key],
             context_size=int(data.max_length[task]),
