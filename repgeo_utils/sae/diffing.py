@@ -185,7 +185,9 @@ def splice_grid(
 def _readout_model(data: GridData, task: str, model_name: str, held_out, probe_C: float):
     label_names = list(data.texts[task].label_names)
     if model_name == POST:
-        model, _ = load_model(data.models[(task, POST)], kind="classifier", label_names=label_names)
+        model, _ = load_model(  # the fine-tuned checkpoint's own head (seeded, should it lack one)
+            data.models[(task, POST)], kind="classifier", label_names=label_names, seed=0
+        )
         return model.eval()
     encoder, _ = load_model(data.models[(task, PRE)], kind="encoder")
     weight, bias = fit_grid_probe(data, task, held_out, C=probe_C)
