@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import random
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,6 +41,41 @@ def cache_dir() -> Path:
 def figures_dir() -> Path:
     """Where figures are written (``figures/``, or ``$REPGEO_FIGURES_DIR``)."""
     return Path(os.environ.get("REPGEO_FIGURES_DIR", ROOT / "figures"))
+
+
+class HubMirrorWarning(UserWarning):
+    """A hub model or data set was read from the local mirror (``$REPGEO_HUB_MIRROR``), not
+    from the Hugging Face hub."""
+
+
+def hub_mirror() -> Path | None:
+    """The local hub mirror named by ``$REPGEO_HUB_MIRROR``, or None when it is not set.
+
+    When set, every hub id the package resolves is read from this folder instead of the hub:
+    a model ``org/name`` from ``<mirror>/org/name/`` (revisions from
+    ``<mirror>/org/name/revisions/<rev>/``), a hub data set from ``<mirror>/datasets/<hub id>/``
+    and a file task such as ``spotify`` from ``<mirror>/datasets/<task>/``. Each mirrored load
+    says so (:class:`HubMirrorWarning`). ``python -m repgeo_utils.smoke build <folder>`` writes
+    a mirror of tiny models and data sets for the paper profile's smoke run.
+    """
+    raw = os.environ.get("REPGEO_HUB_MIRROR", "")
+    if not raw:
+        return None
+    folder = Path(raw).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"REPGEO_HUB_MIRROR={raw!r} is not a folder. Build one with `python -m "
+            "repgeo_utils.smoke build <folder>`, or unset REPGEO_HUB_MIRROR to use the hub."
+        )
+    return folder
+
+
+def mirror_notice(what: str, folder: Path) -> None:
+    """Say that ``what`` is read from the mirror ``folder``: a :class:`HubMirrorWarning` (which
+    Python's default filter shows once per message and place) and an INFO log line."""
+    message = f"{what} is read from the local hub mirror {folder} (REPGEO_HUB_MIRROR), not the hub"
+    log.info(message)
+    warnings.warn(message, HubMirrorWarning, stacklevel=3)
 
 
 def package_dir(package: str, error: type[OSError] = FileNotFoundError) -> Path:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from . import validate
-from .config import get_profile, package_dir
+from .config import data_dir, get_profile, hub_mirror, mirror_notice, package_dir
 
 log = logging.getLogger(__name__)
 
@@ -284,18 +284,52 @@ def check_task(name: str) -> str:
 # Loading
 
 
+def task_folder(name: str) -> Path:
+    """Where a file task's local copy is looked for when ``load_task`` gets no ``path``:
+    ``data/tasks/<name>/`` (under ``$REPGEO_DATA_DIR`` when set), e.g. the Kaggle export of
+    ``spotify`` saved as ``data/tasks/spotify/reviews.csv``."""
+    return data_dir() / "tasks" / name
+
+
+def _local_copy(spec: TaskSpec, revision: str | None) -> str:
+    """What a hub or file task is read from when no ``path`` is given: the hub id; with
+    ``$REPGEO_HUB_MIRROR`` set, ``<mirror>/datasets/<hub id or task name>/`` (said by a
+    :class:`~repgeo_utils.config.HubMirrorWarning`); a file task's :func:`task_folder`."""
+    mirror = hub_mirror()
+    if mirror is not None:
+        folder = mirror / "datasets" / (spec.hub_id or spec.name)
+        if not folder.is_dir():
+            raise TaskUnavailableError(
+                f"REPGEO_HUB_MIRROR={str(mirror)!r} has no copy of task {spec.name!r} (looked "
+                f"for the folder {folder}). Add it in the data set's own format, pass path=..., "
+                "or unset REPGEO_HUB_MIRROR to read the hub."
+            )
+        if revision not in (None, "main"):
+            raise ValueError(
+                f"revision={revision!r}: the hub mirror holds one copy of task {spec.name!r} "
+                f"({folder}), not its revisions; unset REPGEO_HUB_MIRROR to read a revision."
+            )
+        mirror_notice(f"task {spec.name!r}" + (f" ({spec.hub_id})" if spec.hub_id else ""), folder)
+        return str(folder)
+    if spec.hub_id is not None:
+        return spec.hub_id
+    folder = task_folder(spec.name)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise TaskUnavailableError(
+            f"Task {spec.name!r} has no hub copy: {spec.description} Save the file in "
+            f"{folder}/ (read when no path is given, as the profiles' notebooks do) or pass "
+            f"path=... to load_task. Offline tasks: {', '.join(offline_tasks())}."
+        )
+    return str(folder)
+
+
 def _read_hub(spec: TaskSpec, path: str | Path | None, revision: str | None) -> pd.DataFrame:
     """Read every split of a hub dataset (or a local folder/file in the hub's layout)."""
     # datasets (with pyarrow) takes seconds to import and only loading needs it: the readers
     # and the task registry stay light
     import datasets  # noqa: PLC0415
 
-    target = str(path) if path is not None else spec.hub_id
-    if target is None:
-        raise TaskUnavailableError(
-            f"Task {spec.name!r} has no hub copy: {spec.description} "
-            f"Offline tasks: {', '.join(offline_tasks())}."
-        )
+    target = str(path) if path is not None else _local_copy(spec, revision)
     kwargs: dict = {}
     p = Path(target)
     if p.is_file():
@@ -328,7 +362,9 @@ def _read_hub(spec: TaskSpec, path: str | Path | None, revision: str | None) -> 
         columns={spec.text_column: "text", spec.label_column: "label"}
     )
     df["label"] = df["label"].map(spec.label_map)
-    return df.dropna(subset=["label"]).reset_index(drop=True)
+    # a row without a text (an empty CSV cell reads as missing) is no example: without this it
+    # became the text "None" or "nan" when the texts were made strings
+    return df.dropna(subset=["text", "label"]).reset_index(drop=True)
 
 
 #: How a CSV task's labels are read against ``label_names`` (see :func:`load_task`).

@@ -8,6 +8,12 @@ A model is named by
 - any hub id (``EleutherAI/pythia-160m``) with an optional ``revision`` (``"step1000"``);
 - any local folder in the hub's layout (``config.json`` + weights + tokenizer files), optionally
   with revisions as sub-folders ``<folder>/revisions/<revision>/`` (what ``pretrain.py`` writes).
+
+With ``$REPGEO_HUB_MIRROR`` set (:func:`~repgeo_utils.config.hub_mirror`), every hub id (the
+registry's hub models and any ``org/name``) resolves to ``<mirror>/org/name/`` and its
+revisions to ``<mirror>/org/name/revisions/<revision>/``: a local folder, read with a
+:class:`~repgeo_utils.config.HubMirrorWarning` saying so. A hub id the mirror lacks is an error,
+never a silent trip to the hub.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from . import validate
-from .config import package_dir
+from .config import hub_mirror, mirror_notice, package_dir
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +171,44 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
 
 
+def _revision_folder(text: str, path: Path, revision: str) -> Path:
+    """``<path>/revisions/<revision>``, or a :class:`ModelNotFoundError` listing the ones there."""
+    rev_dir = path / "revisions" / revision
+    if not rev_dir.is_dir():
+        known = (
+            sorted(p.name for p in (path / "revisions").glob("*"))
+            if (path / "revisions").is_dir()
+            else []
+        )
+        raise ModelNotFoundError(
+            f"Local model {text!r} has no revision {revision!r}. "
+            f"Revisions there: {', '.join(known) or 'none'}."
+        )
+    return rev_dir
+
+
+def _hub_ref(name: str, hub_id: str, revision: str | None) -> ModelRef:
+    """A hub model: the hub id itself, or with ``$REPGEO_HUB_MIRROR`` set, its mirror folder
+    (``"main"`` is the folder itself, any other revision ``revisions/<revision>/``)."""
+    mirror = hub_mirror()
+    if mirror is None:
+        return ModelRef(name, hub_id, revision, "hub")
+    folder = mirror / hub_id
+    if not (folder / "config.json").is_file():
+        raise ModelUnavailableError(
+            f"REPGEO_HUB_MIRROR={str(mirror)!r} has no copy of hub model {hub_id!r} (looked for "
+            f"{folder}/config.json). Add it in the hub's layout, or unset REPGEO_HUB_MIRROR to "
+            "read the hub."
+        )
+    label = hub_id if name == hub_id else f"{name!r} ({hub_id})"
+    mirror_notice(f"hub model {label}", folder)
+    if revision in (None, "main"):
+        return ModelRef(name, str(folder), None, "local")
+    return ModelRef(
+        name, str(_revision_folder(f"{hub_id} (mirror)", folder, revision)), revision, "local"
+    )
+
+
 def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
     """Turn a registry key, hub id or local folder into a :class:`ModelRef`.
 
@@ -193,22 +237,11 @@ def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
                 )
             folder = package_dir(spec.location, ModelUnavailableError) / "model"
             return ModelRef(text, str(folder), None, "package")
-        return ModelRef(text, spec.location, revision, "hub")
+        return _hub_ref(text, spec.location, revision)
     path = Path(text).expanduser()
     if path.is_dir():
         if revision is not None:
-            rev_dir = path / "revisions" / revision
-            if not rev_dir.is_dir():
-                known = (
-                    sorted(p.name for p in (path / "revisions").glob("*"))
-                    if (path / "revisions").is_dir()
-                    else []
-                )
-                raise ModelNotFoundError(
-                    f"Local model {text!r} has no revision {revision!r}. "
-                    f"Revisions there: {', '.join(known) or 'none'}."
-                )
-            return ModelRef(text, str(rev_dir), revision, "local")
+            return ModelRef(text, str(_revision_folder(text, path, revision)), revision, "local")
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"Folder {text!r} has no config.json: not a model folder.")
         return ModelRef(text, str(path), None, "local")
@@ -225,7 +258,7 @@ def resolve_model(name: str | Path, revision: str | None = None) -> ModelRef:
             + f". Known registry models: {', '.join(MODELS)}."
         )
     if "/" in text and text.count("/") == 1:
-        return ModelRef(text, text, revision, "hub")
+        return _hub_ref(text, text, revision)
     raise ModelNotFoundError(
         f"Unknown model {text!r}. Known models: {', '.join(MODELS)}; "
         "or pass a hub id ('org/name') or a local folder with a config.json."
