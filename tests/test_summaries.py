@@ -262,3 +262,146 @@ def test_sae_summary_follows_the_numbers():
     assert "at the late layer the fine-tuned SAE **changes part**" in text
     found = sae.findings(*_sae_tables(0.04)[:2])
     assert found["early.features"].value == "keeps" and found["late.features"].value == "replaces"
+
+
+@pytest.mark.parametrize(
+    "accuracy, clean, kl, word",
+    [
+        (0.90, 0.91, 0.95, "stands in"),
+        (0.85, 0.91, 0.95, "stands in partly"),  # accuracy 6 points below the clean model
+        (0.91, 0.91, 0.60, "stands in partly"),
+        (0.91, 0.91, 0.40, "does not stand in"),
+        (0.91, 0.91, float("nan"), "does not stand in"),
+    ],
+)
+def test_stands_in_by_hand(accuracy, clean, kl, word):
+    assert sae.stands_in(accuracy, clean, kl) == word
+
+
+def _splice_table():
+    """Two tasks, two depths; the fine-tuned classifier with its own and the transferred SAE."""
+    rows = []
+    own = {  # (task, depth, model): accuracy, clean, KL recovered vs mean
+        ("a", "early", PRE): (0.80, 0.80, 0.97), ("a", "early", POST): (0.90, 0.90, 0.99),
+        ("b", "early", PRE): (0.70, 0.71, 0.93), ("b", "early", POST): (0.88, 0.90, 0.92),
+        ("a", "late", PRE): (0.60, 0.80, 0.40), ("a", "late", POST): (0.85, 0.90, 0.80),
+        ("b", "late", PRE): (0.65, 0.71, 0.45), ("b", "late", POST): (0.80, 0.90, 0.70),
+    }  # fmt: skip
+    for (task, depth, model), (acc, clean, kl) in own.items():
+        layer = {"early": 2, "late": 6}[depth]
+        rows.append(dict(task=task, depth=depth, layer=layer, model=model, sae=model,
+                         transfer=False, accuracy=acc, accuracy_clean=clean,
+                         kl_recovered_mean=kl, kl_recovered_zero=min(1.0, kl + 0.02)))  # fmt: skip
+        if model == POST:  # a transfer row that must not count
+            rows.append(dict(rows[-1], sae=PRE, transfer=True, accuracy=0.1, kl_recovered_mean=0.0))
+    return pd.DataFrame(rows)
+
+
+PRE, POST = "pre-trained", "fine-tuned"
+
+
+def test_splice_text_and_verdicts_by_hand():
+    table = _splice_table()
+    verdicts = sae.splice_verdicts(table)
+    assert verdicts[("early", PRE)] == "stands in"
+    # b's fine-tuned early SAE: KL 0.92 and 2 points below clean -> stands in (tie-free majority)
+    assert verdicts[("early", POST)] == "stands in"
+    assert verdicts[("late", PRE)] == "does not stand in"
+    assert verdicts[("late", POST)] == "stands in partly"
+    text = sae.splice_text(table)
+    assert (
+        "at the early layer (2) the pre-trained model's SAE stands in (KL recovered 0.93-0.97, "
+        "accuracy 0.0-1.0 points below the clean model)" in text
+    )
+    assert "and the fine-tuned model's SAE stands in partly (KL recovered 0.70-0.80" in text
+    # post - pre: a early +0.02, b early -0.01 (same), a late +0.40, b late +0.25 (more)
+    assert "more KL at 2, as much (within 0.05) at 2 and less at 0 of 4" in text
+    # mean post - pre: early +0.005 (as faithful), late +0.325 (more faithful)
+    assert "**as faithful at the early layer, more faithful at the late layer** after" in text
+    lower = table.copy()
+    lower.loc[(lower["model"] == POST) & ~lower["transfer"], "kl_recovered_mean"] = 0.1
+    assert "**less faithful at the early layer, less faithful at the late layer**" in (
+        sae.splice_text(lower)
+    )
+
+
+def _side_table(b_crosscoder_trend="keeps early, replaces late"):
+    keep = "keeps early, replaces late"
+    return pd.DataFrame(
+        {
+            "task": ["a", "a", "b", "b"], "depth": ["early", "late"] * 2, "layer": [2, 6] * 2,
+            "pre-only": [1, 5, 0, 7], "shared": [800, 500, 700, 400], "post-only": [2, 60, 3, 40],
+            "pre-only really shared": [0, 1, 0, 2], "post-only really shared": [1, 10, 0, 5],
+            "share_kept": [0.99, 0.85, 0.99, 0.7], "share_with_twin": [0.5, 0.1, 0.45, 0.12],
+            "matching_trend": [keep] * 4,
+            "crosscoder_trend": [keep, keep, b_crosscoder_trend, b_crosscoder_trend],
+            "agree": [True, True, b_crosscoder_trend == keep, b_crosscoder_trend == keep],
+        }
+    )  # fmt: skip
+
+
+def test_crosscoder_text_by_hand():
+    text = sae.crosscoder_text(_side_table())
+    assert "early (layer 2) 1 / 1500 / 5, 1 of the 6 model-specific really shared" in text
+    assert "late (layer 6) 12 / 900 / 100, 18 of the 112 model-specific really shared" in text
+    assert "agree on the direction from the first layer to the last in 2 of 2 tasks." in text
+    assert "**both say early layers keep and late layers replace, in every task**" in text
+    text = sae.crosscoder_text(_side_table("replaces early"))
+    assert "in 1 of 2 tasks; they disagree on b (matching: keeps early, replaces late; " in text
+    assert "**both say early layers keep and late layers replace in 1 of 2 tasks (a)**" in text
+
+
+def test_transfer_text_by_hand():
+    table = pd.DataFrame(
+        {
+            "task": ["a", "a", "b", "b"], "depth": ["early", "late"] * 2, "layer": [2, 6] * 2,
+            "fvu_post_own": [0.25, 0.30, 0.27, 0.35], "fvu_transfer": [0.27, 0.60, 0.29, 0.45],
+            "fvu_lost": [0.02, 0.30, 0.02, 0.10], "kl_recovered_lost": [0.01, 0.3, 0.01, np.nan],
+        }
+    )  # fmt: skip
+    text = sae.transfer_text(table)
+    assert "early (layer 2) FVU 0.25-0.27 → 0.27-0.29, KL recovered lost 0.01" in text
+    assert "late (layer 6) FVU 0.30-0.35 → 0.45-0.60, KL recovered lost 0.30" in text
+    assert "Transfer loses most at the **late** layer (FVU up by 0.20 on average" in text
+
+
+def test_paper_conventions_text_by_hand():
+    table = pd.DataFrame(
+        {
+            "setting": ["paper-text row", "paper-code row"], "FVU": [0.19, 0.05],
+            "L0": [206.0, 600.0], "dense": [1023, 1024],
+        }
+    )  # fmt: skip
+    text = sae.paper_conventions_text(
+        table, text="paper-text row", code="paper-code row", d_sae=1024
+    )
+    assert (
+        "(summed over latents): FVU 0.19 at L0 206 with 1023 of 1024 latents dense (not sparse)"
+        in text
+    )
+    assert "1024 times weaker): FVU 0.05 at L0 600" in text
+    assert "**Neither convention of the paper gives a sparse SAE here.**" in text
+    sparse = table.assign(L0=[50.0, 600.0], dense=[10, 1024])
+    assert "**Only the text's convention gives" in sae.paper_conventions_text(
+        sparse, text="paper-text row", code="paper-code row", d_sae=1024
+    )
+    with pytest.raises(KeyError, match="paper-code"):
+        sae.paper_conventions_text(table, text="paper-text row", code="paper-code", d_sae=1024)
+
+
+def test_diffing_findings_by_hand():
+    from repgeo_utils.report import Findings
+
+    found = sae.diffing_findings(
+        Findings(sae.NOTEBOOK),
+        _splice_table(),
+        _side_table("replaces early"),
+        pd.DataFrame({"task": ["a"], "depth": ["late"], "fvu_lost": [0.3]}),
+    )
+    assert found["a.late.fine-tuned.kl_recovered_mean"].value == pytest.approx(0.80)
+    assert found["a.late.fine-tuned.splice_accuracy"].value == pytest.approx(0.85)
+    assert found["late.splice.pre-trained"].value == "does not stand in"
+    assert found["b.late.crosscoder.post-only"].value == 40
+    assert found["a.crosscoder_vs_matching"].value == "agree"
+    assert found["b.crosscoder_vs_matching"].value == "disagree"
+    assert found["a.late.transfer_fvu_lost"].value == pytest.approx(0.3)
