@@ -197,3 +197,42 @@ def test_figures_draw_from_the_tiny_grid(tiny_grid, splice_table, crosscoder_gri
     fig = plotting.plot_sae_transfer(sd.sae_transfer_table(tiny_grid))
     assert len(fig.axes) == 1
     plt.close("all")
+
+
+def test_notebook_03_closing_text_from_the_tiny_grid(tiny_grid, splice_table, crosscoder_grid):
+    """Notebook 03's diffing sections end to end on the tiny grid: the closing sentences and
+    findings are built from the real tables (columns and keys as splice_grid,
+    crosscoder_vs_matching and sae_transfer_table give them)."""
+    from repgeo_utils.report import Findings
+    from repgeo_utils.summaries import sae as summary
+
+    verdicts = summary.splice_verdicts(splice_table)
+    assert set(verdicts) == {(d, m) for d in ("early", "middle", "late") for m in sg.MODELS}
+    own = splice_table[~splice_table["transfer"]]
+    late_pre = own[(own["depth"] == "late") & (own["model"] == sg.PRE)].iloc[0]
+    expected = summary.stands_in(
+        late_pre["accuracy"], late_pre["accuracy_clean"], late_pre["kl_recovered_mean"]
+    )
+    assert verdicts[("late", sg.PRE)] == expected  # one task: its own verdict
+    text = summary.splice_text(splice_table)
+    assert f"at the late layer (2) the pre-trained model's SAE {expected}" in text
+    assert "of 3 task-layer pairs" in text  # the three depths, transfer rows left out
+    latents = sd.crosscoder_latents(crosscoder_grid)
+    matched = sg.match_grid(tiny_grid.runs, tiny_grid.runs, sg.key_pairs(tiny_grid))
+    side = sd.crosscoder_vs_matching(
+        sd.crosscoder_summary(latents, crosscoder_grid), sg.matching_summary(matched)
+    )
+    text = summary.crosscoder_text(side)
+    late = side[side["depth"] == "late"].iloc[0]
+    assert (
+        f"late (layer 2) {int(late['pre-only'])} / {int(late['shared'])} / "
+        f"{int(late['post-only'])}" in text
+    )
+    assert "in 1 of 1 tasks" in text or "in 0 of 1 tasks" in text
+    transfer = sd.sae_transfer_table(tiny_grid, splice_table)
+    assert "Transfer loses most at the **" in summary.transfer_text(transfer)
+    found = summary.diffing_findings(Findings(summary.NOTEBOOK), splice_table, side, transfer)
+    assert found["toy.late.fine-tuned.splice_accuracy"].value == pytest.approx(
+        own[(own["depth"] == "late") & (own["model"] == sg.POST)]["accuracy"].iloc[0]
+    )
+    assert found["toy.crosscoder_vs_matching"].value in ("agree", "disagree")

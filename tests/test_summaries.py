@@ -381,6 +381,13 @@ def test_paper_conventions_text_by_hand():
     )
     assert "1024 times weaker): FVU 0.05 at L0 600" in text
     assert "**Neither convention of the paper gives a sparse SAE here.**" in text
+    both = table.assign(L0=[50.0, 90.0], dense=[10, 500])  # 500 of 1024 dense: still sparse
+    assert (
+        sae.paper_conventions_verdict(
+            both, text="paper-text row", code="paper-code row", d_sae=1024
+        )
+        == "both conventions of the paper give a sparse SAE here"
+    )
     sparse = table.assign(L0=[50.0, 600.0], dense=[10, 1024])
     assert "**Only the text's convention gives" in sae.paper_conventions_text(
         sparse, text="paper-text row", code="paper-code row", d_sae=1024

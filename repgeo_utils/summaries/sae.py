@@ -424,6 +424,22 @@ def _is_sparse(row: pd.Series, d_sae: int) -> bool:
     return bool(row["L0"] < 0.1 * d_sae and row["dense"] / d_sae < 0.5)
 
 
+def paper_conventions_verdict(table: pd.DataFrame, *, text: str, code: str, d_sae: int) -> str:
+    """Which of the paper's two L1 conventions (rows ``text`` and ``code`` of a settings
+    comparison) gives a sparse SAE: L0 under 10% of the latents and fewer than half of them
+    dense."""
+    rows = table.set_index("setting")
+    for name in (text, code):
+        if name not in rows.index:
+            raise KeyError(f"No setting {name!r} in the comparison; it has {list(rows.index)}.")
+    sparse = [_is_sparse(rows.loc[text], d_sae), _is_sparse(rows.loc[code], d_sae)]
+    if not any(sparse):
+        return "neither convention of the paper gives a sparse SAE here"
+    if all(sparse):
+        return "both conventions of the paper give a sparse SAE here"
+    return f"only the {'text' if sparse[0] else 'code'}'s convention gives a sparse SAE here"
+
+
 def paper_conventions_text(table: pd.DataFrame, *, text: str, code: str, d_sae: int) -> str:
     """The closing sentence of the paper's two L1 conventions from a settings comparison
     (``sae.grid.compare_settings`` table; ``text`` and ``code`` name its rows of the presets
@@ -442,13 +458,7 @@ def paper_conventions_text(table: pd.DataFrame, *, text: str, code: str, d_sae: 
             f"dense ({word})"
         )
 
-    sparse = [_is_sparse(t, d_sae), _is_sparse(c, d_sae)]
-    if not any(sparse):
-        verdict = "neither convention of the paper gives a sparse SAE here"
-    elif all(sparse):
-        verdict = "both conventions of the paper give a sparse SAE here"
-    else:
-        verdict = f"only the {'text' if sparse[0] else 'code'}'s convention gives a sparse SAE here"
+    verdict = paper_conventions_verdict(table, text=text, code=code, d_sae=d_sae)
     return (
         f"The paper's L1 term as its text writes it (summed over latents): {describe(t)}; as its "
         f"code computed it (averaged over the {d_sae} latents, {d_sae} times weaker): "
