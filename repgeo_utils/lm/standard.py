@@ -632,6 +632,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--setting", default="standard", choices=sorted(STANDARD_SETTINGS))
     parser.add_argument("--out", type=Path, default=None, help="output folder of the tables")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument(
+        "--noise-seeds", type=int, nargs="+", default=None, metavar="SEED",
+        help="pretraining seeds swept for the noise only (default: the setting's)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("repgeo_utils.cache", "httpx", "transformers"):
@@ -639,7 +643,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = "python -m repgeo_utils.lm.standard " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
-    run_standard(args.setting, args.out, command=command, progress=args.progress)
+    setting = get_setting(args.setting)
+    if args.noise_seeds is not None:
+        setting = replace(setting, noise_seeds=tuple(args.noise_seeds))
+    run_standard(setting, args.out, command=command, progress=args.progress)
 
 
 if __name__ == "__main__":
