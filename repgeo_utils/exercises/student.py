@@ -52,8 +52,36 @@ def student_config() -> Config:
     return config
 
 
+def check_regions(teacher: nbformat.NotebookNode) -> None:
+    """Refuse a teacher notebook whose solution or hidden-test regions do not pair up within a
+    cell. nbgrader raises on an unclosed BEGIN but silently drops a stray END line: a mistyped
+    BEGIN would leave its solution in the student copy."""
+    for index, cell in enumerate(teacher.cells):
+        for what in ("SOLUTION", "HIDDEN TESTS"):
+            begin, end = f"BEGIN {what}", f"END {what}"
+            opened: int | None = None
+            for number, line in enumerate(cell.source.split("\n"), start=1):
+                if begin in line:
+                    if opened is not None:
+                        raise ValueError(
+                            f"cell {index}, line {number}: {begin!r} inside the region opened "
+                            f"on line {opened}"
+                        )
+                    opened = number
+                elif end in line:
+                    if opened is None:
+                        raise ValueError(
+                            f"cell {index}, line {number}: {end!r} without a {begin!r} before it "
+                            f"(a mistyped {begin!r} would leave the solution in the copy)"
+                        )
+                    opened = None
+            if opened is not None:
+                raise ValueError(f"cell {index}, line {opened}: {begin!r} is never closed")
+
+
 def make_student_notebook(teacher: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """The student copy of a teacher notebook (the teacher's is left as it was)."""
+    check_regions(teacher)
     config = student_config()
     nb = copy.deepcopy(teacher)
     resources: dict = {}
