@@ -69,6 +69,7 @@ class ToyConfig:
         validate.non_negative_float("zipf_exponent", self.zipf_exponent)
         validate.fraction("label_smoothing", self.label_smoothing, open_high=True)
         validate.one_of("loss", self.loss, ("cross_entropy", "mse"))
+        validate.one_of("init", self.init, ("small", "balanced"))
         validate.positive_float("learning_rate", self.learning_rate)
         validate.positive_int("steps", self.steps)
         validate.positive_float("init_scale", self.init_scale)
@@ -127,6 +128,8 @@ class ToyRun:
         default_factory=dict
     )  # step -> F (config.snapshot_steps)
     readout: Float[np.ndarray, "d classes"] | None = None  # U after the last step
+    # balance_gap(W, U) at every step: 0 under the paper's balanced initialisation
+    balance: Float[np.ndarray, " points"] = field(default_factory=lambda: np.zeros(0))
 
     def rankme(self, variant: str = "covariance") -> Float[np.ndarray, " points"]:
         """RankMe trajectory of the named variant (``"covariance"`` or ``"singular"``)."""
@@ -176,6 +179,7 @@ def train_toy(config: ToyConfig) -> ToyRun:
     rm_cov = np.empty(points)
     rm_sing = np.empty(points)
     losses = np.empty(points)
+    gaps = np.empty(points)
     # one BLAS thread: the matrices are small, and the result is bit-identical on rerun;
     # overflow of a diverging run is caught below by the finite-loss check
     with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
@@ -199,6 +203,7 @@ def train_toy(config: ToyConfig) -> ToyRun:
             rm_sing[step] = rankme(spectrum, "singular")
             sv_w[step] = np.linalg.svd(w, compute_uv=False)[:top]
             sv_u[step] = np.linalg.svd(u, compute_uv=False)[:top]
+            gaps[step] = balance_gap(w, u)
             if step in config.snapshot_steps:
                 snapshots[step] = w.copy()
             if step == config.steps:
@@ -227,6 +232,7 @@ def train_toy(config: ToyConfig) -> ToyRun:
         singular_u=sv_u,
         snapshots=snapshots,
         readout=u,
+        balance=gaps,
     )
 
 
@@ -312,6 +318,63 @@ def singular_value_table(run: ToyRun) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
+def class_spread(
+    run: ToyRun, steps: Sequence[int] | None = None, n_frequent: int = 4
+) -> pd.DataFrame:
+    """How far the classes have moved out from the origin at each snapshot step (Fig 5B's
+    clusters as numbers): the distance of each class's mean embedding (a row of ``W``, not
+    centred) from the origin, summarised per step as the median over the ``n_frequent`` most
+    frequent classes (``frequent``) and over the less frequent half of the classes that occur
+    (``rare``), and their ``ratio`` = rare / frequent. A ratio well below 1 means the rare
+    classes still sit near the origin while the frequent ones have separated. ``steps``
+    (default: every snapshot) must be snapshot steps."""
+    validate.positive_int("n_frequent", n_frequent)
+    steps = sorted(run.snapshots) if steps is None else [int(s) for s in steps]
+    missing = [s for s in steps if s not in run.snapshots]
+    if not steps or missing:
+        raise ValueError(
+            f"no snapshot at steps {missing or steps}; the run kept {sorted(run.snapshots)} "
+            "(set ToyConfig.snapshot_steps)"
+        )
+    counts = np.bincount(run.labels, minlength=run.config.n_classes)
+    order = np.argsort(-counts, kind="stable")
+    present = order[counts[order] > 0]
+    if len(present) < 2 * n_frequent:
+        raise ValueError(
+            f"n_frequent={n_frequent} needs at least {2 * n_frequent} classes that occur; "
+            f"the run has {len(present)}"
+        )
+    rare = present[len(present) // 2 :]
+    rows = []
+    for step in steps:
+        f = run.snapshots[step]
+        norm = {int(c): float(np.linalg.norm(f[run.labels == c].mean(0))) for c in present}
+        frequent_m = float(np.median([norm[int(c)] for c in present[:n_frequent]]))
+        rare_m = float(np.median([norm[int(c)] for c in rare]))
+        rows.append({"step": step, "frequent": frequent_m, "rare": rare_m,
+                     "ratio": rare_m / frequent_m if frequent_m > 0 else np.inf})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def init_table(runs: dict[str, dict[str, ToyRun]], min_fall: float = 0.05) -> pd.DataFrame:
+    """The paper's balanced initialisation against ours: ``runs[condition][init]``. One row
+    per run: the RankMe (covariance) fall and verdict, the balance gap at the first and the
+    last step, and how far W's and U's top singular values are apart at the end (the largest
+    relative difference; 0 when they coincide, as Theorem B.2 says for a balanced start)."""
+    rows = []
+    for name, by_init in runs.items():
+        for init, run in by_init.items():
+            v = rise_then_fall(run.steps, run.rankme_covariance, min_fall=min_fall)
+            if not len(run.balance) or not run.singular_w.size:
+                raise ValueError(f"{name} / {init}: the run has no balance or singular values")
+            sw, su = run.singular_w[-1], run.singular_u[-1]
+            rows.append({"condition": name, "init": init, "fall": v.fall,
+                         "rises then falls": v.rises_then_falls,
+                         "gap at start": float(run.balance[0]), "gap at end": float(run.balance[-1]),
+                         "W vs U sigma": float(np.max(np.abs(sw - su) / su))})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def balance_gap(w: np.ndarray, u: np.ndarray) -> float:
     """``||W^T W - U U^T|| / ||U U^T||`` (Frobenius): 0 for a balanced pair."""
     uu = u @ u.T
@@ -385,3 +448,56 @@ def rise_then_fall(
         fall=float(fall),
         min_fall=min_fall,
     )
+
+
+def shape_table(runs: dict[str, ToyRun], min_fall: float = 0.05) -> pd.DataFrame:
+    """One row per condition and RankMe variant: the collapse, the peak after it, the end,
+    the fall from peak to end (``fall``, a fraction), the verdict and the final loss."""
+    rows = []
+    for name, run in runs.items():
+        for variant in ("covariance", "singular"):
+            v = rise_then_fall(run.steps, run.rankme(variant), min_fall=min_fall)
+            rows.append({"condition": name, "variant": variant, "collapse": v.collapse_value,
+                         "collapse step": v.collapse_step, "peak": v.peak_value,
+                         "peak step": v.peak_step, "final": v.final_value, "fall": v.fall,
+                         "rises then falls": v.rises_then_falls,
+                         "final loss": float(run.loss[-1])})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def seed_table(
+    conditions: dict[str, ToyConfig],
+    seeds: Sequence[int],
+    *,
+    steps: int | None = None,
+    min_fall: float = 0.05,
+) -> pd.DataFrame:
+    """Each condition retrained with every seed (new labels and initial weights; ``steps``
+    replaces the configured number when given): one row per condition, seed and RankMe
+    variant with the fall after the peak (a fraction) and the verdict."""
+    rows = []
+    for name, config in conditions.items():
+        for seed in seeds:
+            changes: dict = {"seed": int(seed), "snapshot_steps": ()}
+            if steps is not None:
+                changes["steps"] = steps
+            run = train_toy(replace(config, **changes))
+            for variant in ("covariance", "singular"):
+                v = rise_then_fall(run.steps, run.rankme(variant), min_fall=min_fall)
+                rows.append({"condition": name, "seed": int(seed), "variant": variant,
+                             "fall": v.fall, "rises then falls": v.rises_then_falls})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def top_two_ratio(run: ToyRun, from_step: int = 0) -> dict[str, float]:
+    """``sigma_1 / sigma_2`` of ``W`` (how far the dominant direction leads, Fig 5D): at
+    ``from_step``, its lowest value from there on and the step of it, and at the end."""
+    if run.singular_w.shape[1] < 2:
+        raise ValueError("the run recorded fewer than two singular values of W")
+    start = int(np.searchsorted(run.steps, from_step))
+    if start >= len(run.steps):
+        raise ValueError(f"from_step {from_step} is beyond the run's last step {run.steps[-1]}")
+    ratio = run.singular_w[:, 0] / run.singular_w[:, 1]
+    low = start + int(np.argmin(ratio[start:]))
+    return {"at start": float(ratio[start]), "lowest": float(ratio[low]),
+            "lowest step": int(run.steps[low]), "final": float(ratio[-1])}  # fmt: skip

@@ -8,7 +8,20 @@ import numpy as np
 import pytest
 
 from repgeo_utils.spectral import segment_phases
-from repgeo_utils.toy import ToyConfig, rise_then_fall, run_conditions, toy_conditions, train_toy
+from repgeo_utils.toy import (
+    ToyConfig,
+    ToyRun,
+    balance_gap,
+    class_spread,
+    init_table,
+    rise_then_fall,
+    run_conditions,
+    seed_table,
+    shape_table,
+    top_two_ratio,
+    toy_conditions,
+    train_toy,
+)
 
 # The fall is complete by step ~1,000 (measured: 11.2% by step 1,000, 11.7% by 2,000).
 FAST = ToyConfig(steps=1000, seed=0)
@@ -105,3 +118,74 @@ def test_rise_then_fall_on_a_synthetic_curve():
     assert not rise_then_fall(steps, np.array([5.0, 1.0, 3.0, 6.0, 6.0, 6.0, 5.9])).rises_then_falls
     with pytest.raises(ValueError, match="NaN"):
         rise_then_fall(steps[:3], np.array([1.0, np.nan, 2.0]))
+
+
+def _hand_run(labels, snapshots, singular_w=None):
+    labels = np.asarray(labels)
+    steps = np.arange(3)
+    zeros = np.zeros(3)
+    return ToyRun(
+        config=ToyConfig(n_samples=max(2, len(labels)), n_classes=4, d_embed=2, steps=2),
+        steps=steps, rankme_covariance=zeros, rankme_singular=zeros, loss=zeros, labels=labels,
+        embeddings=np.zeros((len(labels), 2)),
+        singular_w=np.asarray(singular_w if singular_w is not None else np.ones((3, 2))),
+        snapshots=snapshots,
+    )  # fmt: skip
+
+
+def test_class_spread_by_hand():
+    # class 0 (3 samples) at (2, 0): distance 2; class 1 at (0, 1): 1; class 2 at (3, 4): 5
+    f = np.array([[2.0, 0], [2, 0], [2, 0], [0, 1], [0, 1], [3, 4]])
+    run = _hand_run([0, 0, 0, 1, 1, 2], {0: np.zeros_like(f) + 1e-9, 5: f})
+    table = class_spread(run, steps=[5], n_frequent=1).set_index("step")
+    assert table.loc[5, "frequent"] == pytest.approx(2.0)  # the most frequent class
+    assert table.loc[5, "rare"] == pytest.approx(3.0)  # median of 1 and 5 (the rarer half)
+    assert table.loc[5, "ratio"] == pytest.approx(1.5)
+    assert list(class_spread(run, n_frequent=1)["step"]) == [0, 5]
+    with pytest.raises(ValueError, match=r"no snapshot at steps \[7\]"):
+        class_spread(run, steps=[7], n_frequent=1)
+    with pytest.raises(ValueError, match="n_frequent=2 needs at least 4 classes"):
+        class_spread(run, n_frequent=2)
+
+
+def test_top_two_ratio_by_hand():
+    run = _hand_run([0, 1], {}, singular_w=[[4.0, 2.0], [3.0, 3.0], [6.0, 3.0]])
+    assert top_two_ratio(run) == {"at start": 2.0, "lowest": 1.0, "lowest step": 1, "final": 2.0}
+    assert top_two_ratio(run, from_step=2)["lowest step"] == 2
+    with pytest.raises(ValueError, match="from_step 9"):
+        top_two_ratio(run, from_step=9)
+
+
+def test_balanced_start_has_no_gap_and_the_small_start_a_large_one():
+    small = train_toy(replace(FAST, steps=5))
+    balanced = train_toy(replace(FAST, steps=5, init="balanced"))
+    assert balanced.balance[0] < 1e-12
+    # independent Gaussians of equal scale: W^T W ~ n s^2 I = 8 U U^T, so the gap is about 7
+    assert 5 < small.balance[0] < 10
+    np.testing.assert_allclose(balanced.singular_w[0], balanced.singular_u[0], rtol=1e-10)
+    assert balance_gap(balanced.embeddings, balanced.readout) == pytest.approx(balanced.balance[-1])
+    with pytest.raises(ValueError, match="init"):
+        ToyConfig(init="orthogonal")
+
+
+def test_shape_seed_and_init_tables():
+    conditions = {
+        "main": replace(FAST, steps=400),
+        "hard": replace(FAST, steps=400, label_smoothing=0.0),
+    }
+    runs = run_conditions(conditions=conditions)
+    shapes = shape_table(runs).set_index(["condition", "variant"])
+    assert shapes.loc[("main", "covariance"), "rises then falls"]
+    assert not shapes.loc[("hard", "covariance"), "rises then falls"]
+    assert shapes.loc[("hard", "covariance"), "peak step"] == 400
+    seeds = seed_table({"main": replace(FAST, steps=50)}, [0, 1], steps=600)
+    assert list(seeds["seed"]) == [0, 0, 1, 1] and set(seeds["variant"]) == {
+        "covariance",
+        "singular",
+    }
+    assert seeds[seeds["variant"] == "covariance"]["rises then falls"].all()
+    assert (seeds["fall"] > 0.04).all()  # measured at 600 steps: 4.9-8.7%
+    balanced = train_toy(replace(conditions["main"], init="balanced"))
+    inits = init_table({"main": {"small": runs["main"], "balanced": balanced}}).set_index("init")
+    assert inits.loc["balanced", "gap at start"] < 1e-12 < inits.loc["small", "gap at start"]
+    assert inits.loc["balanced", "rises then falls"] and inits.loc["small", "rises then falls"]

@@ -49,6 +49,7 @@ from .training import (
     plot_layer_trajectories,
     plot_pass_at_k,
     plot_posttrain_trajectory,
+    plot_toy_geometry,
     plot_toy_rankme,
 )
 
@@ -87,6 +88,7 @@ __all__ = [
     "plot_sae_transfer",
     "plot_similarity_by_size",
     "plot_splice_fidelity",
+    "plot_toy_geometry",
     "plot_toy_rankme",
     "plot_token_strip_pairs",
     "plot_token_strips",

@@ -168,6 +168,73 @@ def plot_toy_rankme(runs, verdicts=None, *, variants=("covariance", "singular"),
     return fig
 
 
+def plot_toy_geometry(clusters, singular, *, steps, n_values: int = 3, title=None):
+    """Class clusters and the top singular values of W and U over training (paper 2, Fig 5B-D).
+
+    ``clusters`` maps condition names to ``toy.class_clusters`` tables, ``singular`` the same
+    names to ``toy.singular_value_table`` tables; ``steps`` are the snapshot steps to draw
+    (one scatter column each, e.g. the collapse, the RankMe peak and the end). One row per
+    condition: the embeddings projected on their top two principal directions at each step,
+    coloured by the class's frequency rank (dark: frequent; every class of the run, sorted so
+    the frequent ones are drawn on top), then the top ``n_values`` singular values of W (solid)
+    and U (dashed) against the step, with the drawn steps marked. Returns the figure.
+    """
+    if not clusters:
+        raise ValueError("clusters is empty: pass {condition name: class_clusters(...) table}")
+    missing = [name for name in clusters if name not in singular]
+    if missing:
+        raise ValueError(f"singular has no table for {missing}; it has {list(singular)}")
+    steps = list(steps)
+    names = list(clusters)
+    fig, axes = plt.subplots(
+        len(names), len(steps) + 1, figsize=(3.0 * len(steps) + 4.6, 3.1 * len(names)),
+        gridspec_kw={"width_ratios": [1.0] * len(steps) + [1.6]}, squeeze=False,
+    )  # fmt: skip
+    cmap = plt.get_cmap("viridis")
+    for row, name in enumerate(names):
+        table = clusters[name]
+        have = sorted(table["step"].unique())
+        absent = [s for s in steps if s not in have]
+        if absent:
+            raise ValueError(f"{name}: no cluster snapshot at steps {absent}; it has {have}")
+        top_rank = max(int(table["class_rank"].max()), 1)
+        for col, step in enumerate(steps):
+            ax = axes[row, col]
+            part = table[table["step"] == step].sort_values("class_rank", ascending=False)
+            points = ax.scatter(part["x"], part["y"], c=part["class_rank"], cmap=cmap, vmin=0,
+                                vmax=top_rank, s=9, alpha=0.8, lw=0)  # fmt: skip
+            ax.set_title(f"{name}\nstep {step}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_aspect("equal", adjustable="datalim")
+            if col == 0:
+                ax.set_ylabel("principal direction 2")
+            if row == len(names) - 1:
+                ax.set_xlabel("principal direction 1")
+        ax = axes[row, -1]
+        values = singular[name]
+        n_shown = min(n_values, int(values["index"].max()) + 1)
+        colors = plt.get_cmap("tab10")(np.arange(n_shown))
+        for i in range(n_shown):
+            for matrix, dash in (("W", "-"), ("U", "--")):
+                part = values[(values["matrix"] == matrix) & (values["index"] == i)]
+                label = f"sigma_{i + 1}({matrix})"
+                ax.plot(part["step"], part["value"], ls=dash, color=colors[i], lw=1.5,
+                        label=label)  # fmt: skip
+        for step in steps:
+            ax.axvline(step, color="#999999", ls=":", lw=1)
+        _step_axis(ax)
+        ax.set_xlabel("gradient-descent step")
+        ax.set_ylabel("singular value")
+        ax.set_title(f"{name}: top singular values of W and U", fontsize=9)
+        ax.legend(loc="upper left", fontsize=7.5, ncol=2)
+    cbar = fig.colorbar(points, ax=axes[:, : len(steps)].ravel().tolist(), shrink=0.8,
+                        pad=0.02)  # fmt: skip
+    cbar.set_label("class frequency rank (0 = most frequent)")
+    fig.suptitle(title or "Toy model: class clusters and singular values over training")
+    return fig
+
+
 # --- post-training geometry and eigen-direction ablation (notebook 08) ---------------------
 
 #: One colour per post-training stage (shaded behind the trajectories).
