@@ -7,8 +7,9 @@ colours, ``save_figure``, shared axis helpers), :mod:`~repgeo_utils.plotting.fin
 (notebook 01), :mod:`~repgeo_utils.plotting.similarity` (02), :mod:`~repgeo_utils.plotting.sae`
 (03-04), :mod:`~repgeo_utils.plotting.sae_diffing` (03: splice-in fidelity, SAE transfer,
 crosscoders), :mod:`~repgeo_utils.plotting.spectral` (05), :mod:`~repgeo_utils.plotting.training`
-(06-08: pretraining, toy model and post-training trajectories, pass@k) and
-:mod:`~repgeo_utils.plotting.ablation` (08).
+(06-08: pretraining, toy model and post-training trajectories, pass@k),
+:mod:`~repgeo_utils.plotting.ablation` (08) and :mod:`~repgeo_utils.plotting.memorization` (09:
+memorization and downstream accuracy over checkpoints).
 """
 
 from .ablation import plot_ablation
@@ -18,6 +19,8 @@ from .finetuning import (
     plot_pre_post_accuracy,
     plot_training_curves,
 )
+from .memorization import plot_downstream, plot_memorization
+from .posttraining import plot_checkpoint_sft, plot_pass_at_k_seeds, plot_seed_changes
 from .sae import (
     DEPTH_COLORS,
     plot_feature_matching,
@@ -66,6 +69,9 @@ __all__ = [
     "STAGE_COLORS",
     "TRAJECTORY_LABELS",
     "plot_ablation",
+    "plot_downstream",
+    "plot_memorization",
+    "plot_checkpoint_sft",
     "plot_checkpoint_trajectory",
     "plot_classification_reports",
     "plot_confusion_matrices",
@@ -79,6 +85,7 @@ __all__ = [
     "plot_layer_spectra",
     "plot_layer_trajectories",
     "plot_pass_at_k",
+    "plot_pass_at_k_seeds",
     "plot_posttrain_trajectory",
     "plot_pre_post_accuracy",
     "plot_relative_norms",
@@ -86,6 +93,7 @@ __all__ = [
     "plot_sae_training",
     "plot_sae_training_grid",
     "plot_sae_transfer",
+    "plot_seed_changes",
     "plot_similarity_by_size",
     "plot_splice_fidelity",
     "plot_toy_geometry",
