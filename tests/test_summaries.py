@@ -9,7 +9,7 @@ import pytest
 
 from repgeo_utils.config import FinetuneSettings
 from repgeo_utils.finetune import EvalReport, FinetuneResult
-from repgeo_utils.summaries import features, finetuning, sae, similarity, spectral
+from repgeo_utils.summaries import features, finetuning, sae, similarity, spectral, toy
 
 
 def _result(task, y_true, pre_pred, post_pred, names):
@@ -412,3 +412,452 @@ def test_diffing_findings_by_hand():
     assert found["a.crosscoder_vs_matching"].value == "agree"
     assert found["b.crosscoder_vs_matching"].value == "disagree"
     assert found["a.late.transfer_fvu_lost"].value == pytest.approx(0.3)
+
+
+# --- notebook 08: post-training ---------------------------------------------------------------
+
+
+def _changes(per_seed):
+    """posttrain_changes.csv rows from {(variant, stage, measure): [(start, end), ...]}."""
+    rows = []
+    for (variant, stage, measure), pairs in per_seed.items():
+        for seed, (start, end) in enumerate(pairs):
+            rows.append(
+                {"stage": stage, "measure": measure, "start": start, "end": end,
+                 "change": end - start, "relative": (end - start) / abs(start) if start else np.nan,
+                 "direction": "", "variant": variant, "seed": seed}
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_seed_verdicts_by_hand():
+    from repgeo_utils.posttrain import summarise_changes
+    from repgeo_utils.summaries import posttraining as pt
+
+    changes = _changes(
+        {
+            # +10, +11, +12 on 100: mean 11, sd 1 -> up, as the paper (SFT RankMe up)
+            ("no KL", "SFT", "rankme_covariance_probe"): [(100, 110), (100, 111), (100, 112)],
+            # -1.0, -1.1, -1.2% : small but consistent -> down, against DPO's RankMe up
+            ("no KL", "DPO", "rankme_covariance_probe"): [(100, 99.0), (100, 98.9), (100, 98.8)],
+            # +5, -5, +3: mean 1, sd 5.3 -> within the seed spread
+            ("no KL", "RL (GRPO)", "rankme_covariance_probe"): [(100, 105), (100, 95), (100, 103)],
+            ("no KL", "RL (GRPO)", "alpha_probe"): [(np.nan, np.nan)] * 3,
+        }
+    )
+    v = pt.seed_verdicts(summarise_changes(changes), changes).set_index(["stage", "measure"])
+    sft = v.loc[("SFT", "RankMe, probe texts")]
+    assert sft["verdict"] == "direction as in the paper" and sft["ours"] == "up"
+    assert sft["change"] == "11.0 ± 1.0" and sft["relative"] == "11.0 ± 1.0%"
+    assert sft["signal_to_spread"] == pytest.approx(11.0)
+    dpo = v.loc[("DPO", "RankMe, probe texts")]
+    assert dpo["verdict"] == "opposite to the paper" and dpo["ours"] == "down"
+    assert dpo["inside 2% in every seed"] and dpo["same sign in all seeds"]
+    rl = v.loc[("RL (GRPO)", "RankMe, probe texts")]
+    assert rl["verdict"] == "change within seed spread" and not rl["same sign in all seeds"]
+    assert v.loc[("RL (GRPO)", "alpha, probe texts"), "verdict"] == "not measured"
+    side = pt.kl_side_by_side(pt.seed_verdicts(summarise_changes(changes), changes))
+    assert list(side.columns) == ["no KL: change", "no KL: verdict"]
+    with pytest.raises(ValueError, match="no rows for stage 'PPO'"):
+        pt.kl_side_by_side(pt.seed_verdicts(summarise_changes(changes), changes), "PPO")
+
+
+def test_band_verdicts_and_paper_directions():
+    from repgeo_utils.summaries import posttraining as pt
+
+    summary = pd.DataFrame(
+        {
+            "stage": ["SFT", "SFT", "RL (GRPO)", "DPO"],
+            "measure": ["rankme_covariance_probe", "alpha_prompts", "id_accuracy", "alpha_probe"],
+            "start": [10.0, 4.0, 0.4, 2.0],
+            "end": [11.0, 4.4, 0.5, 1.99],
+            "change": [1.0, 0.4, 0.1, -0.01],
+            "relative": [0.1, 0.1, 0.25, -0.005],
+            "direction": ["up", "up", "up", "no clear change"],
+        }
+    )
+    out = pt.band_verdicts(summary)
+    assert list(out["verdict"]) == [
+        "direction as in the paper",  # SFT RankMe up
+        "opposite to the paper",  # SFT alpha: paper down (implied)
+        "up (paper: none stated)",
+        "within the 2% band",
+    ]
+    assert list(out["paper"])[:2] == ["up", "down (implied by Fig 6A)"]
+    assert out["measure"].iloc[0] == "RankMe, probe texts"
+    assert pt.paper_direction("RL (GRPO)", "RankMe, ID prompts") == ("down", "stated")
+    with pytest.raises(ValueError, match="stage must be one of .* got 'PPO'"):
+        pt.paper_direction("PPO", "rankme_covariance_probe")
+    with pytest.raises(ValueError, match=r"lacks columns \['direction'\]"):
+        pt.band_verdicts(summary.drop(columns="direction"))
+
+
+def _bench(values):
+    """A posttrain_seeds.json record: {(stage, measure): [relative per seed]}."""
+    runs = []
+    for seed in range(3):
+        changes = [
+            {"stage": s, "measure": m, "start": 1.0, "end": 1.0 + rel[seed], "relative": rel[seed]}
+            for (s, m), rel in values.items()
+        ]
+        runs.append({"label": f"seed {seed}", "seed": seed, "stage_changes": changes})
+    runs.append({"label": "seed 0, RL lr 0.0001", "seed": 0, "stage_changes": []})  # left out
+    return {"runs": runs}
+
+
+def test_benchmark_seed_table_and_text_by_hand():
+    from repgeo_utils.summaries import posttraining as pt
+
+    bench = pt.benchmark_seed_table(
+        _bench(
+            {
+                ("SFT", "RankMe, probe texts"): [0.10, 0.08, 0.09],  # robust, as the paper
+                ("DPO", "alpha, probe texts"): [-0.017, -0.014, -0.020],  # hidden by the band
+                ("RL (GRPO)", "RankMe, probe texts"): [-0.017, -0.022, 0.027],  # flips
+            }
+        )
+    )
+    assert [c for c in bench.columns if c.startswith("seed ")] == ["seed 0", "seed 1", "seed 2"]
+    assert list(bench["direction"]) == ["up", "down", "no clear change"]
+    assert list(bench["verdict"]) == [
+        "direction as in the paper",
+        "direction as in the paper",
+        "change within seed spread",
+    ]
+    assert pt.robust_measures(bench) == [("SFT", "RankMe, probe texts")]
+    assert list(pt.hidden_by_band(bench)["measure"]) == ["alpha, probe texts"]
+    text = pt.seed_runs_text(bench)
+    assert "every seed: SFT RankMe, probe texts (+10.0% / +8.0% / +9.0%)." in text
+    assert "'no clear change': DPO alpha, probe texts (-1.7% / -1.4% / -2.0%)" in text
+    assert "Not the same sign in every seed: RL (GRPO) RankMe, probe texts" in text
+    # nothing robust, nothing hidden: the sentences say so or disappear
+    flat = pt.benchmark_seed_table(_bench({("DPO", "RankMe, ID prompts"): [0.01, -0.01, 0.0]}))
+    text = pt.seed_runs_text(flat)
+    assert "no change is outside the 2% band in every seed" in text and "hides" not in text
+    with pytest.raises(ValueError, match="at least two seeds"):
+        pt.benchmark_seed_table({"runs": [{"label": "seed 0", "seed": 0, "stage_changes": []}]})
+
+
+def _curves(after_dpo, after_rl, k_max=4):
+    """pass@k rows for two seeds: pass@k = value * k / k_max, plus the random reference."""
+    rows = []
+    for seed in (0, 1):
+        for checkpoint, (p1, pk) in (
+            ("after DPO", after_dpo[seed]),
+            ("after RL (GRPO)", after_rl[seed]),
+        ):
+            for k in range(1, k_max + 1):
+                value = p1 + (pk - p1) * (k - 1) / (k_max - 1)
+                rows.append(
+                    {
+                        "k": k,
+                        "pass_at_k": value,
+                        "checkpoint": checkpoint,
+                        "variant": "no KL",
+                        "seed": seed,
+                    }
+                )
+    for k in range(1, k_max + 1):
+        rows.append(
+            {
+                "k": k,
+                "pass_at_k": 1 - 0.9**k,
+                "checkpoint": "random guess",
+                "variant": np.nan,
+                "seed": np.nan,
+            }
+        )
+    return pd.DataFrame(rows)  # fmt: skip
+
+
+def test_pass_at_k_narrowing_by_hand():
+    from repgeo_utils.summaries import posttraining as pt
+
+    curves = _curves([(0.4, 0.9), (0.42, 0.92)], [(0.5, 0.8), (0.53, 0.81)])
+    ref = pt.random_reference(curves)
+    assert ref.loc[2] == pytest.approx(0.19) and list(ref.index) == [1, 2, 3, 4]
+    over = pt.pass_at_k_over_seeds(curves, [1])
+    assert over.loc[over.checkpoint == "after DPO", "mean"].iloc[0] == pytest.approx(0.41)
+    row = pt.narrowing(curves).iloc[0]
+    assert row["pass@1 direction"] == "up" and row["pass@K direction"] == "down"
+    assert row["verdict"].startswith("RL narrows")
+    # RL gains at k = 1 and at k = 4 too: no crossing
+    row = pt.narrowing(_curves([(0.4, 0.9), (0.42, 0.92)], [(0.5, 0.95), (0.53, 0.96)])).iloc[0]
+    assert row["verdict"] == "RL wins at k = 1 without a clear loss at the largest k"
+    # changes of opposite sign in the two seeds: nothing beyond the spread
+    row = pt.narrowing(_curves([(0.4, 0.9), (0.42, 0.92)], [(0.5, 0.8), (0.32, 1.0)])).iloc[0]
+    assert row["verdict"] == "no clear change of pass@1 or pass@K beyond the seed spread"
+    with pytest.raises(ValueError, match="no 'random guess' rows"):
+        pt.random_reference(curves[curves.checkpoint != "random guess"])
+
+
+def test_spearman_exact_and_critical_rho_by_hand():
+    from repgeo_utils.summaries import posttraining as pt
+
+    # n = 3, perfect order: 2 of the 3! orderings reach |rho| = 1 -> p = 1/3 (scipy's t says 0)
+    rho, p, how = pt.spearman([1, 2, 3], [10, 20, 30])
+    assert rho == pytest.approx(1.0) and p == pytest.approx(1 / 3) and how.startswith("exact")
+    # n = 4, perfect order: 2 of 24 -> p = 1/12
+    assert pt.spearman([1, 2, 3, 4], [4, 3, 2, 1])[1] == pytest.approx(1 / 12)
+    # the usual tables' two-sided 5% critical values: n = 5 needs 1.0, n = 7 0.786
+    assert pt.critical_rho(3) is None and pt.critical_rho(4) is None
+    assert pt.critical_rho(5) == pytest.approx(1.0)
+    assert pt.critical_rho(7) == pytest.approx(0.7857, abs=1e-3)
+    assert pt.spearman(list(range(12)), list(range(12)))[2] == "t approximation"
+    with pytest.raises(ValueError, match="at least 3 points, got 2"):
+        pt.spearman([1, 2], [1, 2])
+
+
+def _sft_table(id_after, ood_after):
+    n = len(id_after)
+    return pd.DataFrame(
+        {
+            "step": [2**i for i in range(n)],
+            "phase": ["entropy-seeking"] * (n // 2) + ["compression-seeking"] * (n - n // 2),
+            "rankme_covariance": np.linspace(20, 10, n),
+            "alpha": [np.nan] * n,
+            "id_nll": id_after, "ood_nll": ood_after,
+            "id_accuracy": [0.5] * n, "ood_accuracy": np.linspace(0.1, 0.2, n),
+        }
+    )  # fmt: skip
+
+
+def test_checkpoint_sft_verdicts_follow_the_numbers():
+    from repgeo_utils.summaries import posttraining as pt
+
+    table = _sft_table([7.0, 6, 5, 4, 3, 2, 1], [1.0, 2, 3, 4, 5, 6, 7])  # the paper's Fig 6B
+    corr = pt.checkpoint_sft_correlations(table)
+    row = corr[(corr.outcome == "id_nll") & (corr.base == "step")].iloc[0]
+    assert row["rho"] == pytest.approx(-1.0) and row["p"] == pytest.approx(2 / 5040)
+    notes = corr.set_index(["outcome", "base"])["note"]
+    assert notes[("id_nll", "alpha")] == "only 0 bases with both measured"
+    assert notes[("id_accuracy", "step")] == "constant over the bases"
+    verdict = pt.fig6b_verdicts(corr)
+    assert verdict["id_nll"].startswith("as in the paper (rho = -1.00")
+    assert verdict["ood_nll"].startswith("as in the paper (rho = +1.00")
+    assert "with 7 bases p < 0.05 needs |rho| >= 0.79" in verdict["id_nll"]
+    flipped = pt.fig6b_verdicts(
+        pt.checkpoint_sft_correlations(_sft_table([1.0, 2, 3, 4, 5, 6, 7], [7.0, 6, 5, 4, 3, 2, 1]))
+    )
+    assert flipped["id_nll"].startswith("opposite to the paper")
+    noisy = pt.fig6b_verdicts(
+        pt.checkpoint_sft_correlations(
+            _sft_table([3.0, 1, 4, 1.5, 5, 9, 2], [2.0, 7, 1, 8, 2.8, 1.8, 2.9])
+        )
+    )
+    assert noisy["id_nll"].startswith("no significant trend")
+    few = pt.fig6b_verdicts(pt.checkpoint_sft_correlations(_sft_table([3.0, 2, 1], [1.0, 2, 3])))
+    assert (
+        "no significant trend" in few["id_nll"]
+        and "with 3 bases no ordering reaches p < 0.05" in few["id_nll"]
+    )
+
+
+def test_recorded_text_and_findings_follow_the_numbers():
+    from repgeo_utils.posttrain import summarise_changes
+    from repgeo_utils.summaries import posttraining as pt
+
+    changes = _changes(
+        {
+            ("no KL", "SFT", "rankme_covariance_probe"): [(100, 110), (100, 111), (100, 112)],
+            ("no KL", "DPO", "rankme_covariance_probe"): [(100, 99.0), (100, 98.9), (100, 98.8)],
+            ("no KL", "RL (GRPO)", "rankme_covariance_probe"): [(100, 105), (100, 95), (100, 103)],
+        }
+    )
+    verdicts = pt.seed_verdicts(summarise_changes(changes), changes)
+    curves = _curves([(0.4, 0.9), (0.42, 0.92)], [(0.5, 0.8), (0.53, 0.81)])
+    narrow = pt.narrowing(curves)
+    table = _sft_table([7.0, 6, 5, 4, 3, 2, 1], [1.0, 2, 3, 4, 5, 6, 7])
+    corr = pt.checkpoint_sft_correlations(table)
+    text = pt.recorded_text(
+        verdicts, narrow, pt.random_reference(curves), corr, table, label="`cmd`"
+    )
+    assert (
+        "- **SFT** (over 3 seeds, mean ± sd): RankMe, probe texts 11.0 ± 1.0%: direction as in the paper."
+        in text
+    )
+    assert (
+        "- **DPO** (over 3 seeds, mean ± sd): RankMe, probe texts -1.10 ± 0.10%: opposite to the paper."
+        in text
+    )
+    assert "RL (GRPO), no KL" in text and "change within seed spread" in text
+    assert (
+        "inside the 2% band in every seed (a single run would call these 'no clear change'): DPO RankMe, probe texts (no KL)"
+        in text
+    )
+    assert "A uniform guess passes 0.34 of the prompts at k = 4, well below 1" in text
+    assert "SFT from 7 base checkpoints" in text and "With n = 7 bases" in text
+    found = pt.findings(recorded=verdicts, narrow=narrow, corr=corr)
+    assert found["standard.no_KL.sft.rankme_covariance_probe.change"].spread == pytest.approx(1.0)
+    assert (
+        str(found["standard.no_KL.dpo.rankme_covariance_probe.verdict"]) == "opposite to the paper"
+    )
+    assert str(found["standard.checkpoint_sft.ood_nll_vs_step"]).startswith("as in the paper")
+
+
+# --- notebook 07: the toy model ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("falls", "verdict"),
+    [([0.1, 0.08, 0.06], "rises then falls"), ([0.0, 0.01, 0.049], "no fall"),
+     ([0.1, 0.02, 0.06], "rises then falls on 2 of 3 seeds")],
+)  # fmt: skip
+def test_toy_seed_verdict_by_hand(falls, verdict):
+    assert toy.seed_verdict(falls, 0.05) == verdict
+    assert toy.reproduction(verdict) in (
+        "reproduced",
+        "not reproduced",
+        "reproduced on some seeds only",
+    )
+
+
+def test_toy_small_verdicts_by_hand():
+    assert toy.reproduction("no fall") == "not reproduced"
+    assert toy.reproduction("rises then falls") == "reproduced"
+    assert toy.clusters_verdict(0.2, 1.3) == "frequent classes first, rare classes later"
+    assert toy.clusters_verdict(0.6, 1.3) == "rare classes move out with the frequent ones"
+    assert toy.clusters_verdict(0.3, 0.5) == "rare classes move out with the frequent ones"
+    assert (
+        toy.dominance_verdict({"lowest": 1.36, "final": 1.42})
+        == "the dominant direction pulls ahead again"
+    )
+    assert (
+        toy.dominance_verdict({"lowest": 1.07, "final": 1.07}) == "the directions keep evening out"
+    )
+    assert toy.chaotic(958, 2000) and not toy.chaotic(0, 2000) and not toy.chaotic(200, 2000)
+    with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
+        toy.chaotic(1, 0)
+    with pytest.raises(ValueError, match="falls is empty"):
+        toy.seed_verdict([], 0.05)
+
+
+def _toy_tables(paper_falls, ours_falls, *, control_falls=False, balanced_falls=True):
+    paper, ours = toy.PAPER, toy.OURS
+
+    def shape(cond, fall, peak_step):
+        return [
+            {
+                "condition": cond,
+                "variant": v,
+                "collapse": 1.0,
+                "collapse step": 30,
+                "peak": 6.0,
+                "peak step": peak_step,
+                "final": 6.0 * (1 - fall),
+                "fall": fall,
+                "rises then falls": fall >= 0.05,
+                "final loss": 0.001 if cond == paper else 1.27,
+            }
+            for v in ("covariance", "singular")
+        ]
+
+    shapes = pd.DataFrame(
+        shape(paper, paper_falls[0], 2000 if paper_falls[0] == 0 else 150)
+        + shape(ours, ours_falls[0], 160)
+        + shape("uniform classes", 0.1 if control_falls else 0.0, 2000)
+    )
+    seeds = pd.DataFrame(
+        [
+            {"condition": c, "seed": s, "variant": v, "fall": f, "rises then falls": f >= 0.05}
+            for c, falls in ((paper, paper_falls), (ours, ours_falls))
+            for s, f in enumerate(falls)
+            for v in ("covariance", "singular")
+        ]
+    )
+    inits = pd.DataFrame(
+        [
+            {
+                "condition": ours,
+                "init": "small",
+                "fall": 0.117,
+                "rises then falls": True,
+                "gap at start": 7.0,
+                "gap at end": 0.008,
+                "W vs U sigma": 0.005,
+            },
+            {
+                "condition": ours,
+                "init": "balanced",
+                "fall": 0.119 if balanced_falls else 0.01,
+                "rises then falls": balanced_falls,
+                "gap at start": 1e-16,
+                "gap at end": 0.008,
+                "W vs U sigma": 0.005,
+            },
+        ]
+    )
+    spread = pd.DataFrame(
+        [
+            {"condition": ours, "step": s, "frequent": 1.0, "rare": r, "ratio": r}
+            for s, r in ((36, 0.58), (165, 0.29), (2000, 1.31))
+        ]
+    )
+    moments = {"collapse": 36, "peak": 165, "end": 2000}
+    dominance = {ours: {"at start": 2.47, "lowest": 1.36, "lowest step": 987, "final": 1.42}}
+    step_size = pd.DataFrame(
+        [
+            {
+                "learning rate": 12.0,
+                "rose on": 0,
+                "steps": 2000,
+                "final loss": 1.2732,
+                "fall": 0.117,
+            },
+            {
+                "learning rate": 50.0,
+                "rose on": 958,
+                "steps": 2000,
+                "final loss": 1.3326,
+                "fall": 0.076,
+            },
+        ]
+    )
+    return shapes, seeds, inits, spread, moments, dominance, step_size  # fmt: skip
+
+
+def test_toy_summary_follows_the_numbers():
+    tables = _toy_tables([0.0, 0.0, 0.0], [0.117, 0.084, 0.106])
+    text = toy.summary(*tables, min_fall=0.05)
+    assert "**The paper's setting, hard labels: not reproduced.**" in text
+    assert "rises to 6.00 at the last step" in text
+    assert "the fall after the peak is 0.0% (verdict: no fall" in text
+    assert "**Our addition, soft targets: rises then falls.**" in text
+    assert "over 3 seeds the fall is 10.2 ± 1.7% (covariance)" in text
+    assert "Only this condition shows the paper's three phases here." in text
+    assert "uniform classes: no fall (fall 0.0%)" in text and "None of them falls" in text
+    assert "0.58 at the collapse, 0.29 at the peak, 1.31 at the end (frequent classes first" in text
+    assert "1.42 at the end (the dominant direction pulls ahead again)" in text
+    assert "fall 11.7% → 11.9%. It changes no verdict." in text
+    assert "Ours starts far from balanced (gap at least 7) but ends within 0.008" in text
+    assert "rose on 958 of 2000 steps" in text and "That run is chaotic" in text
+    # the paper's setting falls, a control falls, the balanced start changes a verdict, no chaos
+    shapes, seeds, inits, spread, moments, dominance, step_size = _toy_tables(
+        [0.08, 0.07, 0.09], [0.117, 0.02, 0.106], control_falls=True, balanced_falls=False)  # fmt: skip
+    step_size.loc[1, "rose on"] = 3
+    text = toy.summary(shapes, seeds, inits, spread, moments, dominance, step_size, min_fall=0.05)
+    assert "**The paper's setting, hard labels: reproduced.**" in text
+    assert "ending at 5.52" in text
+    assert "**Our addition, soft targets: rises then falls on 2 of 3 seeds.**" in text
+    assert "Only this condition" not in text
+    assert "Not every control behaves as in the paper's Figs 12-13." in text
+    assert "It changes a verdict." in text
+    assert "Both follow the gradient flow closely." in text and "chaotic" not in text
+
+
+def test_toy_findings_by_hand():
+    shapes, seeds, inits, *_ = _toy_tables([0.0, 0.0, 0.0], [0.117, 0.084, 0.106])
+    found = toy.findings(shapes, seeds, inits, min_fall=0.05, chaotic_run=True)
+    assert found["paper.reproduction"].value == "not reproduced"
+    assert found["paper.fall_pct"].value == 0.0 and found["paper.fall_pct"].spread is None
+    assert found["ours.fall_pct"].value == pytest.approx(10.233, abs=1e-3)
+    assert found["ours.fall_pct"].spread == pytest.approx(1.6803, abs=1e-4)  # sqrt(5.6467 / 2)
+    assert found["ours.fall_pct"].spread_source == "sd over seeds 0-2"
+    assert found["ours.verdict"].value == "rises then falls"
+    assert found["control.uniform classes"].value == "no fall"
+    assert found[f"init.{toy.OURS}.balanced"].value == "rises then falls"
+    assert found["large_step.chaotic"].value == "chaotic"
+    found = toy.findings(*_toy_tables([0.08, 0.07, 0.09], [0.1, 0.1, 0.1])[:3], min_fall=0.05,
+                         chaotic_run=False)  # fmt: skip
+    assert found["paper.reproduction"].value == "reproduced"
+    assert found["large_step.chaotic"].value == "gradient-flow regime"

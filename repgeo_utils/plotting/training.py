@@ -262,13 +262,17 @@ def _shade_stages(ax, table) -> None:
         )
 
 
-def plot_posttrain_trajectory(table, panels, *, title: str | None = None):
+def plot_posttrain_trajectory(table, panels, *, title: str | None = None,
+                              dead_band: float | None = None):  # fmt: skip
     """Measures over every saved checkpoint of the three stages, in training order.
 
     ``table`` is ``PosttrainMeasurements.trajectory``; ``panels`` is a list of
-    ``(axis title, [(column, label), ...])``. The checkpoints are evenly spaced on the x axis
-    (each stage saves on Pythia's log-then-linear schedule); tick labels give the step within
-    the stage, ``0`` being the base model.
+    ``(axis title, [(column, label), ...])`` or ``(axis title, [(column, label), ...], y-axis
+    label with its unit)``. The checkpoints are evenly spaced on the x axis (each stage saves
+    on Pythia's log-then-linear schedule); tick labels give the step within the stage, ``0``
+    being the base model. ``dead_band`` (e.g. 0.02) shades, over each stage, the band of
+    ±``dead_band`` of the first series' value at the stage's start: a stage that ends inside
+    it is called 'no clear change'.
     """
     n = len(panels)
     cols = min(n, 3)
@@ -279,21 +283,43 @@ def plot_posttrain_trajectory(table, panels, *, title: str | None = None):
     steps = table["step"].to_numpy()
     stage_ends = set(table.groupby("stage", sort=False)["position"].max())
     marks = [i for i in range(len(x)) if i == 0 or steps[i] in (16, 64) or x[i] in stage_ends]
-    for ax, (panel_title, series) in zip(axes.flat, panels, strict=False):
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        panel_title, series = panel[0], panel[1]
         for column, label in series:
             ax.plot(x, table[column], marker=".", ms=4, lw=1.4, label=label)
+        if dead_band:
+            _shade_dead_band(ax, table, series[0][0], dead_band)
         _shade_stages(ax, table)
         ax.set_title(panel_title, pad=14)
         ax.set_xticks(x[marks], [str(int(steps[i])) for i in marks], fontsize=7)
         ax.set_xlabel("checkpoint (evenly spaced; tick = step in its stage)", fontsize=8)
-        if len(series) > 1:
-            ax.legend(frameon=False, fontsize=8)
+        if len(panel) > 2:
+            ax.set_ylabel(panel[2], fontsize=8)
+        if len(series) > 1 or dead_band:
+            ax.legend(frameon=False, fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig
+
+
+def _shade_dead_band(ax, table, column: str, band: float) -> None:
+    """Over each stage, ±``band`` of ``column`` at the stage's start (the previous stage's
+    end; SFT: the base model)."""
+    start = table.iloc[0]
+    first = True
+    for _, part in table.groupby("stage", sort=False):
+        value = float(start[column])
+        lo = part["position"].min() - (0.5 if start is table.iloc[0] else 1)
+        hi = part["position"].max() + 0.5
+        if value == value:  # not NaN
+            half = abs(value) * band
+            ax.fill_between([lo, hi], value - half, value + half, color="0.6", alpha=0.35, lw=0,
+                            label=f"±{band:.0%} of the stage's start" if first else None)  # fmt: skip
+            first = False
+        start = part.iloc[-1]
 
 
 def plot_pass_at_k(

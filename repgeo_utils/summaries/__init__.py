@@ -6,6 +6,6 @@ verdict is computed, never typed) and records the headline numbers as
 :class:`repgeo_utils.report.Findings` for the overview notebook and the reproducibility record.
 """
 
-from . import features, finetuning, sae, similarity, spectral
+from . import features, finetuning, posttraining, sae, similarity, spectral
 
-__all__ = ["features", "finetuning", "sae", "similarity", "spectral"]
+__all__ = ["features", "finetuning", "posttraining", "sae", "similarity", "spectral"]
