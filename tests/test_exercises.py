@@ -3,8 +3,8 @@ every check, the student copies made by nbgrader's preprocessors hold no solutio
 every check with its message (not a crash), and each check catches a wrong answer and says which
 mistake it is.
 
-The notebooks run under nbclient with the repgeo kernel, once each (about 2 minutes for all ten
-on one thread); nbval does not collect them (the Makefile's nbtest leaves notebooks/exercises
+The notebooks run under nbclient with the repgeo kernel, once each (about 1.5 CPU-minutes for
+all ten on one thread); nbval does not collect them (the Makefile's nbtest leaves notebooks/exercises
 out), so they are committed without outputs.
 """
 
