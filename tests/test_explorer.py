@@ -144,8 +144,14 @@ def test_select_without_and_with_widget(explorer):
 def test_show_is_static_without_a_frontend(explorer, monkeypatch):
     shown = []
     monkeypatch.setattr("repgeo_utils.explorer.display", lambda obj: shown.append(obj))
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     assert not widget_frontend_attached()
     explorer.show()
     assert type(shown[-1]).__name__ == "HTML" and "Static picture" in shown[-1].data
     explorer.show(live=True)
+    assert type(shown[-1]).__name__ == "VBox"
+    # a kernel a Jupyter server started for a notebook session: live without being asked
+    monkeypatch.setenv("JPY_SESSION_NAME", "/notebooks/04_token_visualization.ipynb")
+    assert widget_frontend_attached()
+    explorer.show()
     assert type(shown[-1]).__name__ == "VBox"
