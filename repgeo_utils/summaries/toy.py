@@ -9,7 +9,7 @@ initialisation and the step size.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,7 @@ PAPER, OURS = "hard labels (paper)", "soft targets (ours)"
 CHAOTIC_SHARE = 0.1
 
 
-def seed_verdict(falls: Sequence[float], min_fall: float) -> str:
+def seed_verdict(falls: Iterable[float], min_fall: float) -> str:
     """``"rises then falls"`` when every seed's fall reaches ``min_fall``, ``"no fall"`` when
     none does, else ``"rises then falls on k of n seeds"``."""
     values = [float(f) for f in falls]
@@ -163,9 +163,9 @@ def summary(
     ``shapes``: ``toy.shape_table`` of every condition; ``seeds``: ``toy.seed_table`` of the
     paper's setting and ours; ``inits``: ``toy.init_table``; ``spread``: ``toy.class_spread``
     rows with a ``condition`` column, at the steps of ``moments`` (``{"collapse": .., "peak":
-    .., "end": ..}``); ``dominance``: ``toy.top_two_ratio`` per condition (from its RankMe
-    peak); ``step_size``: one row per learning rate with ``learning rate``, ``rose on``,
-    ``steps``, ``final loss``, ``fall``.
+    .., "end": ..}``); ``dominance``: ``toy.top_two_ratio`` per condition (from the
+    peak step of ``moments``); ``step_size``: one row per learning rate with ``learning rate``,
+    ``rose on``, ``steps``, ``final loss``, ``fall``.
     """
     n_seeds = seeds["seed"].nunique()
     text = []
@@ -237,7 +237,7 @@ def summary(
     dom_parts = []
     for c, r in dominance.items():
         dom_parts.append(
-            f"{c}: {r['at start']:.2f} at the RankMe peak, lowest {r['lowest']:.2f}, "
+            f"{c}: {r['at start']:.2f} at step {moments['peak']}, lowest {r['lowest']:.2f}, "
             f"{r['final']:.2f} at the end ({dominance_verdict(r)})"
         )
     small = inits[inits["init"] == "small"]
