@@ -10,10 +10,18 @@ KERNEL := repgeo
 PROFILE ?= quick
 PARAMS ?=
 NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+# where a non-default profile's executed notebooks go (<RUNS_DIR>/<profile>/)
+RUNS_DIR ?= data/runs
+# the paper profile's smoke run: hub mirror of tiny stand-ins, and the run's own data folder
+SMOKE_MIRROR ?= data/smoke-mirror
+SMOKE_DIR ?= data/smoke
+# the smoke run's parameters: the SAE grid sized for the 32-wide stand-ins (sae.grid.GRID_SETTINGS),
+# and 576 probe texts (of 2,048 in 06, 1,024 in 08; 08 fits on 512 and measures on the rest)
+SMOKE_PARAMS ?= -p GRID smoke -p N_PROBE 576
 NBVAL_FLAGS := --nbval-lax -p tests.nbval_tolerance --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-kernel-name $(KERNEL) --nbval-cell-timeout 1800 -p no:randomly
 
-.PHONY: help setup setup-interop lab figures test unit nbtest bench lint clean
+.PHONY: help setup setup-interop lab figures smoke test unit nbtest bench lint clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,10 +57,17 @@ lab: ## open JupyterLab on notebooks/ with the repgeo kernel
 figures: ## execute every notebook with papermill (PROFILE=quick|paper, PARAMS="-p NAME VALUE") and write figures/
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  out=$$nb; \
-	  if [ "$(PROFILE)" != "quick" ]; then mkdir -p data/runs/$(PROFILE); out=data/runs/$(PROFILE)/$$(basename $$nb); fi; \
+	  if [ "$(PROFILE)" != "quick" ]; then mkdir -p $(RUNS_DIR)/$(PROFILE); out=$(RUNS_DIR)/$(PROFILE)/$$(basename $$nb); fi; \
 	  echo "== $$nb -> $$out (PROFILE=$(PROFILE))"; \
 	  $(BIN)/papermill $$nb $$out -k $(KERNEL) --cwd notebooks -p PROFILE $(PROFILE) $(PARAMS); \
 	done
+
+smoke: ## every notebook's paper branch on tiny stand-ins (hub mirror in data/smoke-mirror/, all output in data/smoke/)
+	$(BIN)/python -m repgeo_utils.smoke build $(SMOKE_MIRROR)
+	@if [ -z "$(SMOKE_REUSE)" ]; then rm -rf $(SMOKE_DIR); fi  # cold unless SMOKE_REUSE=1 keeps its caches
+	REPGEO_HUB_MIRROR=$(abspath $(SMOKE_MIRROR)) REPGEO_DATA_DIR=$(abspath $(SMOKE_DIR)) \
+	REPGEO_FIGURES_DIR=$(abspath $(SMOKE_DIR))/figures HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+	  $(MAKE) --no-print-directory figures PROFILE=paper RUNS_DIR=$(SMOKE_DIR)/runs NOTEBOOKS="$(NOTEBOOKS)" PARAMS="$(SMOKE_PARAMS) $(PARAMS)"
 
 test: unit nbtest ## unit tests, then every notebook under nbval
 

@@ -80,6 +80,8 @@ STAMP = "smoke-fixtures.json"
 #: Layers of each tiny BERT: bert-base gets four, so that the SAE grid's early, middle and
 #: late layers (1, 2, 4) are three different layers, as bert-base's 3, 6 and 12; the others two.
 BERT_LAYERS = {"bert-base": 4, "bert-medium": 2, "bert-small": 2, "bert-mini": 2, "bert-tiny": 2}
+#: So narrow that notebooks 03-04 run with the ``smoke`` SAE grid (64 latents; ``make smoke``
+#: passes ``GRID=smoke``): the paper grid's 1,024 latents do not train on 32 dimensions.
 BERT_HIDDEN = 32
 #: The Pythia hub id the notebooks' paper branches use (06: PYTHIA_MODEL, 08: PAPER_BASE_MODEL).
 PYTHIA_ID = "EleutherAI/pythia-160m"

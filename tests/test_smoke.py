@@ -9,10 +9,14 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from repgeo_utils import config, data, models, smoke
 from repgeo_utils.config import HubMirrorWarning
 from repgeo_utils.lm import checkpoint_schedule
+from repgeo_utils.sae import SparseAutoencoder, evaluate_sae
+from repgeo_utils.sae import grid as sg
+from repgeo_utils.sae.cached import DIVERGED_FVU
 
 BASE_ID = "google-bert/bert-base-uncased"
 TINY_ID = "google/bert_uncased_L-2_H-128_A-2"
@@ -270,3 +274,19 @@ def test_mirror_notice_is_a_warning_naming_the_folder(tmp_path):
         config.mirror_notice("task 'x'", tmp_path)
     assert [w.category for w in caught] == [HubMirrorWarning]
     assert str(tmp_path) in str(caught[0].message)
+
+
+def test_the_smoke_grid_trains_on_the_stand_in_width_where_the_paper_grid_cannot():
+    """``make smoke`` passes GRID=smoke: on the stand-ins' 32 dimensions the paper grid's 1,024
+    latents start above the divergence limit (so notebook 03 would stop), its 64 latents below."""
+    smoke_grid, paper_grid = sg.grid_settings("smoke"), sg.grid_settings("paper")
+    assert (smoke_grid.d_sae, paper_grid.d_sae) == (64, 1024)
+    # the same texts, preset, epochs and seed as the paper grid: only the width differs
+    assert sg.grid_settings("smoke", d_sae=1024) == paper_grid
+    torch.manual_seed(0)
+    x = torch.randn(2000, smoke.BERT_HIDDEN) * 0.5 + torch.randn(smoke.BERT_HIDDEN)
+    fvu = {
+        name: float(evaluate_sae(SparseAutoencoder(g.sae_config(smoke.BERT_HIDDEN)), x).fvu)
+        for name, g in (("smoke", smoke_grid), ("paper", paper_grid))
+    }
+    assert fvu["paper"] > DIVERGED_FVU > fvu["smoke"]
