@@ -397,3 +397,40 @@ def test_student_copies_are_written_where_make_student_says(tmp_path):
     assert [p.name for p in written] == NOTEBOOKS
     assert all(p.parent == tmp_path / "out" and p.exists() for p in written)
     assert os.path.commonpath([str(p) for p in written]) == str(tmp_path / "out")
+
+
+# --- the glossary points to functions that exist ---------------------------------------------
+
+
+def _resolve(dotted: str):
+    import importlib
+
+    parts = dotted.removeprefix("repgeo_utils.").split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module("repgeo_utils." + ".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+def test_glossary_names_functions_that_exist():
+    text = (ROOT / "docs" / "glossary.md").read_text()
+    packages = ("repgeo_utils", "similarity", "sae", "spectral", "posttrain", "ablation")
+    names = [
+        name
+        for name in re.findall(r"`([A-Za-z_][\w.]*)", text)
+        if "." in name and name.split(".")[0] in packages
+    ]
+    assert len(names) >= 20, names  # 24 when written
+    missing = []
+    for name in names:
+        try:
+            _resolve(name)
+        except (AttributeError, ModuleNotFoundError):
+            missing.append(name)
+    assert missing == [], f"the glossary names what the package lacks: {missing}"
+    assert "(README.md)" not in text and "docs/glossary.md" in (ROOT / "README.md").read_text()
