@@ -77,11 +77,15 @@ class StandardSetting:
     pretrain: PretrainConfig
     noise_seeds: tuple[int, ...] = (1, 2)  # more pretraining seeds, swept for the noise only
     workers: int = 2  # parallel processes for the pretraining seeds and post-training seeds
-    n_probe: int = 2048  # held-out probe texts (RankMe, alpha)
+    n_probe: int = 1024  # held-out probe texts (RankMe, alpha)
     probe_max_words: int = 40  # probe texts of at most this many words (fit the context)
     layers: str = "all"
     memorization_sequences: int = 256  # per split (held-out, training)
-    downstream: ds.DownstreamSettings = field(default_factory=ds.DownstreamSettings)
+    # 1,200 rows a task (960 to train the probe) and 250 test rows: the probe and few-shot
+    # passes over every checkpoint are the run's largest measurement cost after the sweeps
+    downstream: ds.DownstreamSettings = field(
+        default_factory=lambda: ds.DownstreamSettings(max_rows=1200, max_test=250)
+    )
     sft_bases: int = 7  # base checkpoints of SFT-from-checkpoints, spread over the phases
     sft_steps: int = 200
     sft_batch_size: int = 16
