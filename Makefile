@@ -94,7 +94,7 @@ lint: ## ruff (package, tests, benchmarks, notebooks), format check, mypy on the
 	$(BIN)/ruff format --check repgeo_utils tests benchmarks
 	$(BIN)/mypy
 
-clean: ## remove caches and checkpoints under data/ (keeps data/README.md) and Python caches
-	find data -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+clean: ## remove caches and checkpoints under data/ (keeps data/README.md and the committed data/recorded/) and Python caches
+	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name recorded -exec rm -rf {} +
 	find . -name __pycache__ -not -path './$(VENV)/*' -exec rm -rf {} +
 	rm -rf .pytest_cache .ruff_cache
