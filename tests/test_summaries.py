@@ -486,6 +486,8 @@ def test_band_verdicts_and_paper_directions():
     assert list(out["paper"])[:2] == ["up", "down (implied by Fig 6A)"]
     assert out["measure"].iloc[0] == "RankMe, probe texts"
     assert pt.paper_direction("RL (GRPO)", "RankMe, ID prompts") == ("down", "stated")
+    nan_row = summary.iloc[:1].assign(start=np.nan, end=np.nan, change=np.nan, relative=np.nan)
+    assert pt.band_verdicts(nan_row)["verdict"].iloc[0] == "not measured"
     with pytest.raises(ValueError, match="stage must be one of .* got 'PPO'"):
         pt.paper_direction("PPO", "rankme_covariance_probe")
     with pytest.raises(ValueError, match=r"lacks columns \['direction'\]"):

@@ -111,9 +111,11 @@ def band_verdicts(summary: pd.DataFrame) -> pd.DataFrame:
     out = summary.copy()
     out["paper"] = [_paper_text(s, m) for s, m in zip(out["stage"], out["measure"], strict=True)]
     out["verdict"] = [
-        _against_paper(d, s, m, within="within the 2% band")
-        for d, s, m in zip(out["direction"], out["stage"], out["measure"], strict=True)
-    ]
+        _against_paper(d, s, m, within="within the 2% band") if c == c else "not measured"
+        for d, s, m, c in zip(
+            out["direction"], out["stage"], out["measure"], out["change"], strict=True
+        )  # fmt: skip
+    ]  # c == c: the change is not NaN
     out["measure"] = out["measure"].map(lambda m: MEASURE_NAMES.get(m, m))
     return out
 
@@ -246,8 +248,8 @@ def quick_run_text(
 
     def said(stage: str, measure: str) -> str:
         row = v.loc[(stage, measure)]
-        held = (stage, measure) in set(robust)
-        return f"{row['verdict']}{', in every seed' if held else ''}"
+        held = (stage, measure) in set(robust) and row["direction"] != "no clear change"
+        return f"{row['verdict']}{', as in every benchmark seed' if held else ''}"
 
     lines = []
     for stage in STAGES:
@@ -273,7 +275,7 @@ def quick_run_text(
     )
     dpo_geo = v.loc["DPO"]
     dpo_geo = dpo_geo[[measure_family(m) in ("rankme", "alpha") for m in dpo_geo.index]]
-    inside = bool((dpo_geo["verdict"] == "within the 2% band").all())
+    inside = bool(dpo_geo["verdict"].isin(["within the 2% band", "not measured"]).all())
     lines.append(
         f"- **DPO** (reward margin {dpo_margin:.2f} at its end): "
         + (
