@@ -28,3 +28,24 @@ def test_running_mean_is_shared_by_the_training_curves():
     assert list(x) == [1, 2, 3] and list(y) == [1.5, 2.5, 3.5]
     x, y = plotting.style.running_mean([1.0, 2.0], 5)  # too short: the values as they are
     assert list(x) == [0, 1] and list(y) == [1.0, 2.0]
+
+
+def test_saved_figures_read_on_a_projector(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.font_manager import FontProperties
+    from PIL import Image
+
+    style = plotting.style
+    with plt.rc_context():
+        style.use_style()
+        assert plt.rcParams["savefig.dpi"] == style.SAVE_DPI >= 150
+        assert plt.rcParams["figure.dpi"] == style.DPI  # the notebooks' inline copies stay small
+        for key in ("font.size", "axes.titlesize", "axes.labelsize", "legend.fontsize",
+                    "xtick.labelsize", "ytick.labelsize"):  # fmt: skip
+            points = FontProperties(size=plt.rcParams[key]).get_size_in_points()
+            assert points >= style.MIN_FONT_PT, f"{key} is {points} pt"
+    monkeypatch.setenv("REPGEO_FIGURES_DIR", str(tmp_path))
+    with plt.rc_context({"savefig.bbox": None, "savefig.dpi": 72}):
+        fig = plt.figure(figsize=(2.0, 1.5))
+        path = plotting.save_figure(fig, "projector")
+    assert Image.open(path).size == (2 * style.SAVE_DPI, 1.5 * style.SAVE_DPI)  # 320 x 240

@@ -1,7 +1,9 @@
 """One figure style for every notebook, ``save_figure``, and what the plot modules share.
 
-Figures are PNG at a modest DPI so committed notebooks stay small. Each figure is named after
-its notebook (``01_finetuning_accuracy.png``); figures of a non-default profile go to
+Figures show in the notebooks at a modest DPI (``DPI``) so committed notebooks stay small, and
+are saved as PNG at ``SAVE_DPI``, sharp enough for a projector; the style's fonts are at least
+``MIN_FONT_PT`` points at the saved size. Each figure is named after its notebook
+(``01_finetuning_accuracy.png``); figures of a non-default profile go to
 ``figures/<profile>/`` so they never overwrite the committed quick-profile ones.
 """
 
@@ -19,7 +21,12 @@ from ..config import figures_dir
 
 log = logging.getLogger(__name__)
 
+#: Resolution of the figures shown inside the notebooks (kept low: notebooks embed them).
 DPI = 110
+#: Resolution of the PNGs that ``save_figure`` writes (read on a projector).
+SAVE_DPI = 160
+#: Smallest font size (points) of the style's text: tick labels, legends, annotations.
+MIN_FONT_PT = 9
 
 #: Colours for pre-trained vs fine-tuned, used by every notebook.
 PRE_COLOR = "#7f7f7f"
@@ -32,11 +39,11 @@ def use_style() -> None:
     plt.rcParams.update(
         {
             "figure.dpi": DPI,
-            "savefig.dpi": DPI,
+            "savefig.dpi": SAVE_DPI,
             "savefig.bbox": "tight",
             "axes.titlesize": 11,
             "axes.labelsize": 10,
-            "legend.fontsize": 9,
+            "legend.fontsize": MIN_FONT_PT,
             "figure.max_open_warning": 0,
             # deterministic PNG bytes: no creation date in the metadata
             "svg.hashsalt": "repgeo",
@@ -62,7 +69,7 @@ def save_figure(fig, name: str, profile: str = "quick") -> Path:
     folder = figures_dir() if profile == "quick" else figures_dir() / profile
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    fig.savefig(path, metadata={"Software": None})
+    fig.savefig(path, dpi=SAVE_DPI, metadata={"Software": None})
     log.info("figure written: %s", path)
     return path
 
