@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from repgeo_utils import smoke
+
 torch.set_num_threads(1)
 
 
@@ -32,49 +34,10 @@ TINY_WORDS = (
 ).split()
 
 
-def _vocab() -> list[str]:
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
-    words = specials + sorted(set(TINY_WORDS)) + chars + ["##" + c for c in chars]
-    return list(dict.fromkeys(words))  # unique, order kept
-
-
 def make_tiny_bert(folder: Path, *, layers: int = 2, hidden: int = 16, seed: int = 0) -> Path:
-    """Save a randomly initialised BERT (hub layout: config, safetensors, tokenizer) to folder."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {w: i for i, w in enumerate(_vocab())}
-    wordpiece = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
-    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wordpiece.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    wordpiece.decoder = decoders.WordPiece()
-    tokenizer = BertTokenizerFast(
-        tokenizer_object=wordpiece,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    """Save a randomly initialised BERT (hub layout: config, safetensors, tokenizer) to folder:
+    the smoke mirror's builder over :data:`TINY_WORDS` (64 positions, 2 heads)."""
+    return smoke.save_tiny_bert(folder, TINY_WORDS, layers=layers, hidden=hidden, seed=seed)
 
 
 @pytest.fixture(autouse=True)
