@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..report import Finding, Findings, findings_dir, load_findings
+from ..config import ROOT
+from ..report import Finding, Findings, load_findings
 
 REPRODUCED = "reproduced"
 DIFFERENTLY = "reproduced differently"
@@ -360,10 +361,19 @@ ITEMS: tuple[Item, ...] = (
 )  # fmt: skip
 
 
+def committed_findings_dir(profile: str = "quick") -> Path:
+    """``figures/findings`` (quick) or ``figures/<profile>/findings`` in the repository: the
+    committed results. Unlike :func:`repgeo_utils.report.findings_dir` it ignores
+    ``$REPGEO_FIGURES_DIR``, which ``make nbtest`` points at an empty temporary folder; the
+    overview must read the committed files there for its checked output to hold."""
+    base = ROOT / "figures" if profile == "quick" else ROOT / "figures" / profile
+    return base / "findings"
+
+
 def load_all(profile: str = "quick", folder: str | Path | None = None) -> dict[str, Findings]:
-    """Every notebook's findings that exist in ``folder`` (default: the profile's findings
-    folder); notebooks not run yet are simply absent."""
-    folder = Path(folder) if folder is not None else findings_dir(profile)
+    """Every notebook's findings that exist in ``folder`` (default:
+    :func:`committed_findings_dir`); notebooks not run yet are simply absent."""
+    folder = Path(folder) if folder is not None else committed_findings_dir(profile)
     return {
         nb: load_findings(nb, profile, folder)
         for nb in NOTEBOOKS
@@ -428,6 +438,7 @@ __all__ = [
     "Item",
     "MissingFinding",
     "Verdict",
+    "committed_findings_dir",
     "load_all",
     "overview_markdown",
     "overview_table",
