@@ -49,3 +49,30 @@ def test_saved_figures_read_on_a_projector(tmp_path, monkeypatch):
         fig = plt.figure(figsize=(2.0, 1.5))
         path = plotting.save_figure(fig, "projector")
     assert Image.open(path).size == (2 * style.SAVE_DPI, 1.5 * style.SAVE_DPI)  # 320 x 240
+
+
+def test_confusion_matrices_state_the_normalisation_and_labels_do_not_overlap():
+    import numpy as np
+
+    from repgeo_utils.finetune import EvalReport
+
+    names = ["business", "entertainment", "politics", "sport", "tech"]
+    y_true = [0, 0, 1, 1, 1, 1, 2, 3, 4, 4]
+    y_pred = [0, 1, 1, 1, 1, 0, 2, 3, 4, 0]
+    report = EvalReport.from_predictions(y_true, y_pred, names)
+    fig = plotting.plot_confusion_matrices({"bbc-news": report})
+    ax = fig.axes[0]
+    assert "rows normalised" in fig._suptitle.get_text() and "recall" in fig._suptitle.get_text()
+    assert "recall" in fig.axes[1].get_ylabel()  # the colour bar says what a cell is
+    cells = [float(t.get_text()) for t in ax.texts]  # row by row
+    assert cells[5:10] == [0.25, 0.75, 0.0, 0.0, 0.0]  # entertainment: 1 of 4 called business
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["business", "entertain.", "politics", "sport", "tech"]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels()]
+    for left, right in zip(boxes, boxes[1:], strict=False):
+        assert not left.overlaps(right), f"tick labels overlap: {left} {right}"
+    counts = plotting.plot_confusion_matrices({"bbc-news": report}, normalize=False)
+    assert [float(t.get_text()) for t in counts.axes[0].texts][5:7] == [1.0, 3.0]
+    assert "counts" in counts._suptitle.get_text()
+    np.testing.assert_allclose(counts.axes[0].collections[0].get_clim(), (0, 3))

@@ -71,31 +71,75 @@ def plot_classification_reports(reports: dict, *, title: str = "fine-tuned"):
     return fig
 
 
+#: Longest class name written in full on a confusion matrix's axes; longer ones are cut.
+MAX_CLASS_NAME = 10
+
+
+def short_class_name(name: str, limit: int = MAX_CLASS_NAME) -> str:
+    """``name`` cut to ``limit`` characters with a trailing '.' ("entertainment" ->
+    "entertain."), as it is when it fits."""
+    name = str(name)
+    return name if len(name) <= limit else name[: limit - 1] + "."
+
+
 def plot_confusion_matrices(reports: dict, *, normalize: bool = True):
-    """Confusion matrices (rows = true class), one panel per task; row-normalised by default."""
-    fig, axes = plt.subplots(1, len(reports), figsize=(3.6 * len(reports), 3.2), squeeze=False)
+    """Confusion matrices (rows = true class, columns = predicted class), one panel per task.
+
+    With ``normalize`` (the default) each row is divided by its sum: a cell is the share of the
+    true class's test examples predicted as the column's class, so the diagonal is each class's
+    recall and a row sums to 1. Otherwise cells are counts. Class names longer than
+    ``MAX_CLASS_NAME`` characters are cut; the colour scale and what it means are on a shared
+    colour bar.
+    """
+    if not reports:
+        raise ValueError("reports is empty: pass {task name: EvalReport}")
+    sizes = [len(rep.label_names) for rep in reports.values()]
+    side = max(2.6, 0.62 * max(sizes) + 1.2)  # inches per panel: room for the cell numbers
+    fig, axes = plt.subplots(
+        1, len(reports), figsize=(side * len(reports) + 1.2, side + 0.9), squeeze=False
+    )
+    vmax = 1.0 if normalize else max(float(rep.confusion.max()) for rep in reports.values())
     for ax, (task, rep) in zip(axes[0], reports.items(), strict=True):
         m = rep.confusion.astype(float)
         if normalize:
             m = m / m.sum(axis=1, keepdims=True).clip(min=1)
+        names = [short_class_name(n) for n in rep.label_names]
         sns.heatmap(
             m,
             annot=True,
-            fmt=".2f" if normalize else "d",
+            fmt=".2f" if normalize else ".0f",
             vmin=0,
-            vmax=1 if normalize else None,
+            vmax=vmax,
             cmap="Blues",
             cbar=False,
+            square=True,
             ax=ax,
-            xticklabels=rep.label_names,
-            yticklabels=rep.label_names,
-            annot_kws={"fontsize": 8},
+            xticklabels=names,
+            yticklabels=names,
+            annot_kws={"fontsize": 9},
         )
-        ax.set_title(task, fontsize=9)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.tick_params(axis="x", labelrotation=45)
-    fig.tight_layout()
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("predicted class", fontsize=10)
+        ax.set_ylabel("true class", fontsize=10)
+        ax.tick_params(axis="both", labelsize=9)
+        plt.setp(ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
+        plt.setp(ax.get_yticklabels(), rotation=0)
+    what = (
+        "share of the true class's examples\n(rows sum to 1; diagonal = recall)"
+        if normalize
+        else "test examples"
+    )
+    fig.suptitle(
+        "Confusion matrices, rows normalised by the true class (diagonal = recall per class)"
+        if normalize
+        else "Confusion matrices (counts of test examples)",
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    cax = fig.add_axes((0.915, 0.25, 0.015, 0.55))
+    bar = fig.colorbar(axes[0][0].collections[0], cax=cax)
+    bar.set_label(what, fontsize=9)
+    bar.ax.tick_params(labelsize=9)
     return fig
 
 
