@@ -76,3 +76,31 @@ def test_confusion_matrices_state_the_normalisation_and_labels_do_not_overlap():
     assert [float(t.get_text()) for t in counts.axes[0].texts][5:7] == [1.0, 3.0]
     assert "counts" in counts._suptitle.get_text()
     np.testing.assert_allclose(counts.axes[0].collections[0].get_clim(), (0, 3))
+
+
+def test_trajectory_phase_legend_is_outside_the_axes_and_shading_only_on_its_metric():
+    import pandas as pd
+
+    from repgeo_utils import spectral
+
+    steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000]
+    rankme = [20, 20, 19, 18, 12, 6, 5, 8, 12, 16, 19, 20, 18, 16]
+    table = pd.DataFrame(
+        {"step": steps, "layer": 2, "rankme_covariance": rankme, "alpha": 1.0, "loss": 3.0}
+    )
+    phases = spectral.segment_phases(steps, rankme)
+    assert len(phases.phases) == 3
+    fig = plotting.plot_checkpoint_trajectory(table, phases=phases)
+    rank_ax, alpha_ax, loss_ax = fig.axes
+    assert len(rank_ax.patches) == 3 and not alpha_ax.patches and not loss_ax.patches
+    for ax in (alpha_ax, loss_ax):  # the two later phases' starts, as thin dotted lines
+        starts = [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":"]
+        assert starts == [p.start_step for p in phases.phases[1:]]
+    assert rank_ax.get_legend() is None and len(fig.legends) == 1
+    legend = fig.legends[0]
+    assert "RankMe (covariance eigenvalues)" in legend.get_title().get_text()
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer)), f"legend covers {ax.get_ylabel()}"
+    assert not box.overlaps(fig._suptitle.get_window_extent(renderer))

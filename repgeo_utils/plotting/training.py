@@ -44,8 +44,9 @@ def plot_checkpoint_trajectory(
 
     ``table`` is a checkpoint sweep's metrics (columns ``step``, ``layer`` and the metrics);
     ``layer`` defaults to the highest in the table (the final layer). ``phases`` (a
-    ``spectral.PhaseSegmentation`` of the first metric's trajectory) shades each stretch in
-    every panel. Returns the figure.
+    ``spectral.PhaseSegmentation`` of the first metric's trajectory) shades each stretch on the
+    first metric's panel and marks where each phase starts with a dotted line on the others;
+    the phase legend sits above the panels, outside the axes. Returns the figure.
     """
     missing = [m for m in ("step", "layer", *metrics) if m not in table.columns]
     if missing:
@@ -54,10 +55,11 @@ def plot_checkpoint_trajectory(
     rows = table[table["layer"] == layer].sort_values("step")
     if rows.empty:
         raise ValueError(f"no rows for layer {layer}; layers: {sorted(table['layer'].unique())}")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        if phases is not None:
-            for phase in phases.phases:
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.5), squeeze=False)
+    shown = phases is not None and bool(phases.phases)
+    for i, (ax, metric) in enumerate(zip(axes[0], metrics, strict=True)):
+        for phase in phases.phases if shown else ():
+            if i == 0:  # the phases are the first metric's: shaded only on its panel
                 ax.axvspan(
                     phase.start_step,
                     phase.end_step,
@@ -66,15 +68,29 @@ def plot_checkpoint_trajectory(
                     color=PHASE_COLORS.get(phase.name, "#eeeeee"),
                     label=phase.name,
                 )
+            elif phase is not phases.phases[0]:  # elsewhere a thin line where a phase starts
+                ax.axvline(phase.start_step, color="#555555", ls=":", lw=1.2)
         ax.plot(rows["step"], rows[metric], marker="o", ms=3, color="#333333")
         ax.set_ylabel(TRAJECTORY_LABELS.get(metric, metric))
         _step_axis(ax)
-    if phases is not None and phases.phases:
+    fig.suptitle(title or f"last-token representations, hidden_states[{layer}]", y=0.99)
+    if shown:
         handles, labels = axes[0][0].get_legend_handles_labels()
         unique = dict(zip(labels, handles, strict=True))
-        axes[0][0].legend(unique.values(), unique.keys(), loc="best")
-    fig.suptitle(title or f"last-token representations, hidden_states[{layer}]")
-    fig.tight_layout()
+        fig.legend(
+            unique.values(),
+            unique.keys(),
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.915),
+            ncol=len(unique),
+            frameon=False,
+            title=f"phases of {TRAJECTORY_LABELS.get(metrics[0], metrics[0])} (shaded on its "
+            "panel; dotted lines on the others)",
+            title_fontsize=9,
+        )
+        fig.tight_layout(rect=(0, 0, 1, 0.82))
+    else:
+        fig.tight_layout()
     return fig
 
 
