@@ -112,3 +112,15 @@ def test_settings_refuse_bad_values():
         replace(tiny, worker=2)
     with pytest.raises(ValueError, match="setting must be one of"):
         S.get_setting("huge")
+
+
+def test_post_training_seeds_none_or_two_distinct():
+    from dataclasses import replace
+
+    from repgeo_utils.lm.standard import STANDARD_SETTINGS
+
+    tiny = STANDARD_SETTINGS["tiny"]
+    assert replace(tiny, posttrain_seeds=()).posttrain_seeds == ()  # post-training left out
+    for bad in ((0,), (1, 1)):
+        with pytest.raises(ValueError, match="two distinct seeds or more"):
+            replace(tiny, posttrain_seeds=bad)
