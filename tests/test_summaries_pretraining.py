@@ -109,6 +109,13 @@ def test_memorization_summary_peak_near_compression_and_fall():
     text = sp.memorization_summary(memo, peak, 1500.0, suffix)
     assert "near the start of compression-seeking" in text and "**it falls after the peak**" in text
     assert "training text higher" in text
+    lower = memo.assign(
+        spearman=[
+            v - 0.4 if sp_ == "training" else v
+            for v, sp_ in zip(memo["spearman"], memo["split"], strict=True)
+        ]
+    )
+    assert "training text lower" in sp.memorization_summary(lower, peak, 1500.0, suffix)
     assert "60% of held-out" in text and "5% of 9 or more" in text
     far = sp.memorization_summary(memo, peak, 16000.0, suffix)
     assert "not near the start" in far

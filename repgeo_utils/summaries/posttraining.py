@@ -623,17 +623,34 @@ def fig6b_verdicts(corr: pd.DataFrame, *, alpha: float = 0.05) -> dict[str, str]
 
 
 def recorded_text(
-    verdicts: pd.DataFrame,
-    narrow: pd.DataFrame,
-    reference: pd.Series,
+    verdicts: pd.DataFrame | None,
+    narrow: pd.DataFrame | None,
+    reference: pd.Series | None,
     corr: pd.DataFrame,
     sft_table: pd.DataFrame,
     *,
     label: str,
+    skipped: str = "",
 ) -> str:
-    """The closing text of the recorded standard run."""
-    geo = verdicts[[measure_family(m) in ("rankme", "alpha") for m in verdicts["measure"]]]
+    """The closing text of the recorded standard run. A run recorded without post-training
+    seeds passes None for ``verdicts``, ``narrow`` and ``reference`` and says why in
+    ``skipped``."""
     lines = [f"**The standard run** ({label}):", ""]
+    if verdicts is None or narrow is None or reference is None:
+        lines.append(
+            f"- **Post-training over seeds**: not in this recording ({skipped or 'no tables'})."
+        )
+    else:
+        lines += _recorded_posttrain_lines(verdicts, narrow, reference)
+    lines += _recorded_sft_lines(corr, sft_table)
+    return "\n".join(lines)
+
+
+def _recorded_posttrain_lines(
+    verdicts: pd.DataFrame, narrow: pd.DataFrame, reference: pd.Series
+) -> list[str]:
+    geo = verdicts[[measure_family(m) in ("rankme", "alpha") for m in verdicts["measure"]]]
+    lines: list[str] = []
     for variant, part in geo.groupby("variant", sort=False):
         for stage in STAGES:
             rows = part[part["stage"] == stage]
@@ -678,6 +695,11 @@ def recorded_text(
             else ": at large k pass@k is close to what guessing gives, so read it with care."
         )
     )
+    return lines
+
+
+def _recorded_sft_lines(corr: pd.DataFrame, sft_table: pd.DataFrame) -> list[str]:
+    lines: list[str] = []
     fig6b = fig6b_verdicts(corr)
     phases = sft_table.groupby("phase", sort=False)[["id_nll", "ood_nll"]].mean()
     lines.append(
@@ -695,7 +717,7 @@ def recorded_text(
             f"- With n = {n} bases these correlations are a rough indication: the p-values are "
             "exact permutation p-values where n <= 8, but one base can move rho a lot."
         )
-    return "\n".join(lines)
+    return lines
 
 
 def findings(

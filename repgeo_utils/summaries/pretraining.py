@@ -235,16 +235,22 @@ def memorization_summary(
     end = memorization.sort_values("step").groupby("split").tail(1).set_index("split")
     if {"training", "held-out"} <= set(end.index):
         t, h = end.loc["training"], end.loc["held-out"]
+        gap = direction(
+            float(t["spearman"] - h["spearman"]),
+            math.hypot(float(t["spearman_spread"]), float(h["spearman_spread"])),
+        )
+        how = {
+            "up": "training text higher: the LM tracks the counts of what it saw more closely",
+            "down": "training text lower: a training sequence finds itself in the index, so its "
+            "longest suffix is long and the estimate near 1 for most tokens, which leaves little "
+            "to rank",
+            "no clear change": "no clear difference between the splits",
+        }[gap]
         lines.append(
-            f"- At the last checkpoint: training text {pm(float(t['spearman']), float(t['spearman_spread']))}, "
-            f"held-out text {pm(float(h['spearman']), float(h['spearman_spread']))}"
-            + (
-                " (training text higher: the LM tracks the counts of what it saw more closely)."
-                if direction(float(t["spearman"] - h["spearman"]),
-                             math.hypot(float(t["spearman_spread"]), float(h["spearman_spread"]))) == "up"
-                else " (no clear difference between the splits)."
-            )
-        )  # fmt: skip
+            f"- At the last checkpoint: training text "
+            f"{pm(float(t['spearman']), float(t['spearman_spread']))}, held-out text "
+            f"{pm(float(h['spearman']), float(h['spearman_spread']))} ({how})."
+        )
     held = suffix[suffix["split"] == "held-out"].set_index("suffix_length")
     if not held.empty:
         short = float(held.loc["<=3", "percent"]) if "<=3" in held.index else float("nan")
