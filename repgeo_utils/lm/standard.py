@@ -621,8 +621,17 @@ class RecordedRun:
         machine = self.run.get("machine_start", {})
         minutes = self.run.get("seconds_total", float("nan")) / 60
         commit = self.run.get("git", {}).get("commit", "?")[:10]
+        # a rerun finds earlier steps in the cache and times only what it did itself
+        resumed = any(
+            s < 60 for k, s in self.run.get("worker_seconds", {}).items() if "pretrain" in k
+        )
+        took = (
+            f"its last invocation took {minutes:.0f} min, the rest was cached"
+            if resumed
+            else f"{minutes:.0f} min"
+        )
         return (
-            f"`{self.run.get('command', '?')}` at commit {commit}, {minutes:.0f} min on "
+            f"`{self.run.get('command', '?')}` at commit {commit} ({took}) on "
             f"{machine.get('cpu', '?')} ({machine.get('cores', '?')} cores, float32 GEMM "
             f"{machine.get('gemm_gflops', float('nan')):.0f} GFLOP/s on one thread)"
         )
