@@ -84,9 +84,7 @@ def test_tables_hold_sensible_values(tiny_run):
 
 def test_make_standard_runs_the_same_command():
     makefile = (ROOT / "Makefile").read_text()
-    assert (
-        "-m repgeo_utils.lm.standard --setting standard --out data/recorded/standard" in makefile
-    )
+    assert "-m repgeo_utils.lm.standard --setting standard --out data/recorded/standard" in makefile
 
 
 def test_the_recorded_standard_run_has_every_table():
@@ -95,8 +93,14 @@ def test_the_recorded_standard_run_has_every_table():
         pytest.skip("no recorded standard run in this checkout")
     run = json.loads((folder / "run.json").read_text())
     assert run["setting"] == "standard"
-    assert set(run["files"]) == {f"{n}.csv" for n in TABLES}
-    for name in TABLES:
+    # a recording without post-training seeds says so in run.json and has no post-training tables
+    expected = [
+        n
+        for n in TABLES
+        if "skipped" not in run["posttrain"] or not n.startswith(("posttrain", "pass_at_k"))
+    ]
+    assert set(run["files"]) == {f"{n}.csv" for n in expected}
+    for name in expected:
         assert (folder / f"{name}.csv").is_file(), name
 
 
@@ -106,7 +110,7 @@ def test_settings_refuse_bad_values():
 
     with pytest.raises(ValueError, match="repeat the main seed"):
         replace(tiny, noise_seeds=(0,))
-    with pytest.raises(ValueError, match="two seeds or more"):
+    with pytest.raises(ValueError, match="two distinct seeds or more"):
         replace(tiny, posttrain_seeds=(3,))
     with pytest.raises(TypeError, match="has no setting 'worker'"):
         replace(tiny, worker=2)
