@@ -86,13 +86,22 @@ def test_export_writes_the_saelens_layout(tmp_path):
     cfg = json.loads((folder / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["k"] == K
     assert cfg["rescale_acts_by_decoder_norm"] is False
-    assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"], cfg["device"]) == (D_IN, D_SAE, "float32", "cpu")
+    assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"], cfg["device"]) == (
+        D_IN,
+        D_SAE,
+        "float32",
+        "cpu",
+    )
     assert cfg["apply_b_dec_to_input"] is True
     assert cfg["normalize_activations"] == "none" and cfg["reshape_activations"] == "none"
     meta = cfg["metadata"]
     assert meta["sae_lens_version"] == "6.0.0"  # else the loader drops the metadata
     assert meta["hook_name"] == "hidden_states.3 = encoder.layer.2 output"
-    assert (meta["model_name"], meta["context_size"], meta["prepend_bos"]) == ("minilm-l6", 64, True)
+    assert (meta["model_name"], meta["context_size"], meta["prepend_bos"]) == (
+        "minilm-l6",
+        64,
+        True,
+    )
     assert meta["dataset_path"] == "repgeo:bbc-news/validation+test"
     assert meta["exclude_special_tokens"] is False and meta["task"] == "bbc"
     assert meta["hidden_states_index"] == 3 and meta["module_path"] == "encoder.layer.2"
@@ -153,7 +162,9 @@ def test_topk_with_unequal_norms_is_exported_unfolded(tmp_path, caplog):
         export_saelens(sae, tmp_path / "a", **METADATA, fold_norms=True)
     folder = export_saelens(sae, tmp_path / "b", **METADATA)
     assert "exported unfolded" in caplog.text
-    assert json.loads((folder / "cfg.json").read_text())["metadata"]["decoder_norms_folded"] is False
+    assert (
+        json.loads((folder / "cfg.json").read_text())["metadata"]["decoder_norms_folded"] is False
+    )
     loaded = load_saelens(folder)
     torch.testing.assert_close(loaded(x)[0], sae(x)[0])
 
@@ -188,7 +199,9 @@ def test_saelens_folders_we_cannot_read_fail_clearly(tmp_path):
 @pytest.mark.parametrize("architecture", ["relu", "topk"])
 @pytest.mark.parametrize("subtract", [True, False], ids=["b_dec-in", "no-b_dec-in"])
 def test_sae_lens_loads_it_with_identical_outputs(tmp_path, architecture, subtract):
-    sae_lens = pytest.importorskip("sae_lens", reason="needs the interop extra (make setup-interop)")
+    sae_lens = pytest.importorskip(
+        "sae_lens", reason="needs the interop extra (make setup-interop)"
+    )
     sae = random_sae(architecture, subtract, free_norms=architecture == "relu")
     frequency = torch.rand(D_SAE, dtype=torch.float64)
     folder = export_saelens(sae, tmp_path / "sl", **METADATA, firing_frequency=frequency)

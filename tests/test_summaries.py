@@ -696,7 +696,9 @@ def test_recorded_text_and_findings_follow_the_numbers():
     )
     assert str(found["standard.checkpoint_sft.ood_nll_vs_step"]).startswith("as in the paper")
     # a recording without post-training seeds says so and still reads the SFT-from-checkpoints part
-    skipped = pt.recorded_text(None, None, None, corr, table, label="`cmd`", skipped="no seeds given")
+    skipped = pt.recorded_text(
+        None, None, None, corr, table, label="`cmd`", skipped="no seeds given"
+    )
     assert "**Post-training over seeds**: not in this recording (no seeds given)." in skipped
     assert "SFT from 7 base checkpoints" in skipped and "pass@k" not in skipped
 
