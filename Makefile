@@ -16,8 +16,9 @@ RUNS_DIR ?= data/runs
 SMOKE_MIRROR ?= data/smoke-mirror
 SMOKE_DIR ?= data/smoke
 # the smoke run's parameters: the SAE grid sized for the 32-wide stand-ins (sae.grid.GRID_SETTINGS),
-# and 576 probe texts (of 2,048 in 06, 1,024 in 08; 08 fits on 512 and measures on the rest)
-SMOKE_PARAMS ?= -p GRID smoke -p N_PROBE 576
+# 576 probe texts (of 2,048 in 06, 1,024 in 08; 08 fits on 512 and measures on the rest), and
+# 06's sweep over every 10,000th Pythia revision (26 of 154: the eleven log-spaced ones, then every 10,000th and the last)
+SMOKE_PARAMS ?= -p GRID smoke -p N_PROBE 576 -p PYTHIA_EVERY 10000
 NBVAL_FLAGS := --nbval-lax -p tests.nbval_tolerance --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-kernel-name $(KERNEL) --nbval-cell-timeout 1800 -p no:randomly
 

@@ -123,9 +123,18 @@ def fresh_env(base: Path, extra: dict[str, str]) -> dict[str, str]:
     return {"REPGEO_DATA_DIR": str(data), "REPGEO_FIGURES_DIR": str(figures), **extra}
 
 
+def deep_update(target: dict, new: dict) -> dict:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            deep_update(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
 def merge(path: Path, key: str, value: dict) -> None:
     record = json.loads(path.read_text()) if path.exists() else {}
-    record.setdefault(key, {}).update(value)
+    deep_update(record.setdefault(key, {}), value)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
@@ -133,20 +142,31 @@ def merge(path: Path, key: str, value: dict) -> None:
 # --- times -------------------------------------------------------------------------------------
 
 
-def run_times(names: list[str] | None) -> None:
+def run_times(names: list[str] | None, seed: int) -> None:
+    """Cold then warm, with ``-p SEED seed``. A seed other than the committed one (0) costs
+    the same and doubles as a seed run: its findings are merged as :func:`run_seeds` does."""
     rate_before = gemm_gflops()
+    params = {"SEED": str(seed)} if seed else None
     with tempfile.TemporaryDirectory(prefix="repgeo-times-") as tmp:
         env = fresh_env(Path(tmp), {})
         rows: dict[str, dict[str, float]] = {}
         for phase in ("cold", "warm"):
             for nb in notebooks(names):
-                seconds = execute(nb, Path(tmp) / nb.name, env)
+                seconds = execute(nb, Path(tmp) / nb.name, env, params)
                 rows.setdefault(nb.stem, {})[f"{phase}_s"] = round(seconds, 1)
                 print(f"{phase:4s} {nb.stem}: {seconds:7.1f} s", flush=True)
+        if seed:
+            merge(
+                VARIATION_FILE,
+                "seeds",
+                collect_findings(Path(env["REPGEO_FIGURES_DIR"]), seed, names),
+            )
     rate_after = gemm_gflops()
     payload = {
         "machine": {**machine(), "gemm_gflops_before": round(rate_before, 1),
-                    "gemm_gflops_after": round(rate_after, 1)},
+                    "gemm_gflops_after": round(rate_after, 1),
+                    "load_average_after": list(os.getloadavg())},
+        "seed": seed,
         "notebooks": rows,
         "total_cold_s": round(sum(r["cold_s"] for r in rows.values()), 1),
         "total_warm_s": round(sum(r["warm_s"] for r in rows.values()), 1),
@@ -217,27 +237,31 @@ def run_variation(config: str, names: list[str] | None) -> None:
 # --- seeds -------------------------------------------------------------------------------------
 
 
-def run_seeds(seeds: list[int], names: list[str] | None) -> None:
+def collect_findings(figures: Path, seed: int, names: list[str] | None) -> dict[str, dict]:
+    """``{notebook: {finding: {seed: value}}}`` from one run's findings folder, beside the
+    committed run's values (seed 0)."""
     collected: dict[str, dict[str, dict]] = {}
-    committed = ROOT / "figures" / "findings"
+    for nb in notebooks(names):
+        for folder, key in ((figures, str(seed)), (ROOT / "figures", "0")):
+            found = folder / "findings" / f"{nb.stem}.json"
+            if found.exists():
+                for name, item in json.loads(found.read_text())["findings"].items():
+                    collected.setdefault(nb.stem, {}).setdefault(name, {})[key] = item["value"]
+    return collected
+
+
+def run_seeds(seeds: list[int], names: list[str] | None) -> None:
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix=f"repgeo-seed{seed}-") as tmp:
             env = fresh_env(Path(tmp), {})
             for nb in notebooks(names):
                 execute(nb, Path(tmp) / nb.name, env, {"SEED": str(seed)})
-                found = Path(env["REPGEO_FIGURES_DIR"]) / "findings" / f"{nb.stem}.json"
-                if found.exists():
-                    for name, item in json.loads(found.read_text())["findings"].items():
-                        collected.setdefault(nb.stem, {}).setdefault(name, {})[str(seed)] = item[
-                            "value"
-                        ]
                 print(f"seed {seed} {nb.stem} done", flush=True)
-    for stem, items in collected.items():  # the committed run is seed 0
-        path = committed / f"{stem}.json"
-        if path.exists():
-            for name, item in json.loads(path.read_text())["findings"].items():
-                items.setdefault(name, {})["0"] = item["value"]
-    merge(VARIATION_FILE, "seeds", collected)
+            merge(
+                VARIATION_FILE,
+                "seeds",
+                collect_findings(Path(env["REPGEO_FIGURES_DIR"]), seed, names),
+            )
 
 
 def main() -> None:
@@ -247,6 +271,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="job", required=True)
     times = sub.add_parser("times")
     times.add_argument("--notebooks", nargs="*")
+    times.add_argument("--seed", type=int, default=0, help="SEED parameter (0: the committed run)")
     variation = sub.add_parser("variation")
     variation.add_argument("--config", required=True, choices=sorted(CONFIGS))
     variation.add_argument("--notebooks", nargs="*")
@@ -255,7 +280,7 @@ def main() -> None:
     seeds.add_argument("--notebooks", nargs="*")
     args = parser.parse_args()
     if args.job == "times":
-        run_times(args.notebooks)
+        run_times(args.notebooks, args.seed)
     elif args.job == "variation":
         run_variation(args.config, args.notebooks)
     else:
