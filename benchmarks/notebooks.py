@@ -16,6 +16,9 @@ said otherwise:
     (``# NBVAL_CHECK_OUTPUT``) compared with the committed notebook: did its text change (a
     verdict), did a count change, and by how much did each measured number move.
     -> ``results/reproducibility.json`` (merged by config).
+``table [--write]``
+    The README's run-time table from ``results/notebook_times.json`` (printed, or written
+    between the README's ``<!-- notebook-times -->`` markers; a test keeps the two in step).
 ``seeds --seeds 1 2``
     Every notebook cold with ``-p SEED s``; the findings each notebook records
     (``repgeo_utils.report.Findings``) are collected, so a notebook can quote how much a
@@ -163,7 +166,7 @@ def run_times(names: list[str] | None, seed: int) -> None:
             )
     rate_after = gemm_gflops()
     payload = {
-        "machine": {**machine(), "gemm_gflops_before": round(rate_before, 1),
+        "machine": {**machine(), "threads": torch.get_num_threads(), "gemm_gflops_before": round(rate_before, 1),
                     "gemm_gflops_after": round(rate_after, 1),
                     "load_average_after": list(os.getloadavg())},
         "seed": seed,
@@ -175,6 +178,86 @@ def run_times(names: list[str] | None, seed: int) -> None:
     TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
     TIMES_FILE.write_text(json.dumps(payload, indent=1) + "\n")
     print(json.dumps(payload, indent=1))
+
+
+# --- the README's table ----------------------------------------------------------------------
+
+README = ROOT / "README.md"
+TABLE_START, TABLE_END = "<!-- notebook-times -->", "<!-- /notebook-times -->"
+
+#: Per notebook: what it reuses from an earlier one (cached under data/cache/, so running that one
+#: first makes this one warm), and what a class short of time can leave out.
+PLANNING: dict[str, tuple[str, str]] = {
+    "00_overview": ("every notebook's findings (figures/findings/)", "nothing: it only reads"),
+    "01_finetuning": ("", "nothing: 02-05 and 08 reuse its fine-tuned models; run it before class"),
+    "02_activation_similarity": ("01's fine-tunes", "the size path (one model offline)"),
+    "03_sae_training": (
+        "01's fine-tunes",
+        "after feature matching: splice-in, crosscoder, transfer, the paper's two conventions",
+    ),
+    "04_token_visualization": (
+        "01's fine-tunes, 03's SAEs",
+        "the widget explorer (needs a live kernel)",
+    ),
+    "05_spectral_geometry": ("01's fine-tunes", "the synthetic spectra, if 06 follows"),
+    "06_pretraining_phases": (
+        "",
+        "the per-layer section; the recorded standard run needs no compute",
+    ),
+    "07_toy_model_phases": ("", "the robustness seeds and balanced initialisation"),
+    "08_post_training_geometry": (
+        "06's LM, 01's fine-tunes",
+        "the eigen-direction ablation; the recorded sections need no compute",
+    ),
+    "09_memorization_downstream": (
+        "06's LM",
+        "the live run: the recorded standard run shows the same at scale",
+    ),
+}
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f}" if seconds < 600 else f"{seconds / 60:.0f}"
+
+
+def times_table(record: dict) -> str:
+    """The markdown table and its caption line from a ``notebook_times.json`` record."""
+    m = record["machine"]
+    lines = [
+        f"Measured {record['measured']} on {m['cpu']} ({m['cores']} cores, {m['widest_isa']}, "
+        f"float32 GEMM {m['gemm_gflops_before']:.0f}-{m['gemm_gflops_after']:.0f} GFLOP/s on "
+        f"{m.get('threads', 'torch default')} threads), `SEED {record.get('seed', 0)}`, by "
+        f"`python benchmarks/notebooks.py times`: cold is a fresh data folder (everything trained), "
+        f"warm the same folder again (everything cached). On a machine of another GEMM rate, "
+        f"scale the cold times by the ratio.",
+        "",
+        "| notebook | cold (min) | warm (min) | reuses from cache | can be left out when short of time |",
+        "|---|---:|---:|---|---|",
+    ]
+    for stem, row in record["notebooks"].items():
+        needs, skip = PLANNING.get(stem, ("", ""))
+        lines.append(
+            f"| `{stem}` | {minutes(row['cold_s'])} | {minutes(row['warm_s'])} | {needs} | {skip} |"
+        )
+    lines.append(
+        f"| all, in order | {minutes(record['total_cold_s'])} | {minutes(record['total_warm_s'])} | | |"
+    )
+    return "\n".join(lines)
+
+
+def run_table(write: bool) -> None:
+    table = times_table(json.loads(TIMES_FILE.read_text()))
+    if not write:
+        print(table)
+        return
+    text = README.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        raise SystemExit(f"README.md has no {TABLE_START} ... {TABLE_END} markers to write between")
+    head, rest = text.split(TABLE_START, 1)
+    README.write_text(
+        head + TABLE_START + "\n" + table + "\n" + TABLE_END + rest.split(TABLE_END, 1)[1]
+    )
+    print(f"wrote the table into {README}")
 
 
 # --- variation of checked outputs --------------------------------------------------------------
@@ -275,12 +358,16 @@ def main() -> None:
     variation = sub.add_parser("variation")
     variation.add_argument("--config", required=True, choices=sorted(CONFIGS))
     variation.add_argument("--notebooks", nargs="*")
+    table = sub.add_parser("table")
+    table.add_argument("--write", action="store_true", help="write it into README.md")
     seeds = sub.add_parser("seeds")
     seeds.add_argument("--seeds", nargs="+", type=int, required=True)
     seeds.add_argument("--notebooks", nargs="*")
     args = parser.parse_args()
     if args.job == "times":
         run_times(args.notebooks, args.seed)
+    elif args.job == "table":
+        run_table(args.write)
     elif args.job == "variation":
         run_variation(args.config, args.notebooks)
     else:

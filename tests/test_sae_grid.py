@@ -258,10 +258,16 @@ def test_notebook_figures_draw_from_the_grid(tiny_grid_data):
     assert "dead" in fig.axes[0].get_legend().get_texts()[0].get_text()
     table = sg.match_grid(grid.runs, grid.runs, sg.key_pairs(grid), stats_a=stats, stats_b=stats)
     control = sg.match_grid(grid.runs, grid.runs, sg.key_pairs(grid, sg.PRE, sg.PRE))
-    fig = plotting.plot_feature_matching_with_control(table, control, threshold=0.7)
+    fig = plotting.plot_feature_matching(table, control, threshold=0.7)
     dashed = [line for line in fig.axes[0].lines if line.get_linestyle() == "--"]
     assert len(dashed) == 1
     np.testing.assert_allclose(dashed[0].get_ydata(), 1.0)  # an SAE matches itself exactly
+    hatched = [p for p in fig.axes[1].patches if p.get_hatch()]
+    assert len(hatched) == len(set(table["layer"]))  # one control box per layer (1 task)
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert any("control" in t for t in legend) and any("threshold 0.7" in t for t in legend)
+    fig = plotting.plot_feature_matching(table, threshold=0.7)  # no control: no hatched boxes
+    assert not [p for p in fig.axes[1].patches if p.get_hatch()]
     acts = tiny_grid_data.activations[("toy", sg.PRE)]
     small = SAEConfig(d_in=16, d_sae=24, epochs=1, batch_size=16)
     result = sg.compare_settings(acts, 2, {"a": config, "b": small})

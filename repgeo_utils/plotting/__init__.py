@@ -24,7 +24,6 @@ from .posttraining import plot_checkpoint_sft, plot_pass_at_k_seeds, plot_seed_c
 from .sae import (
     DEPTH_COLORS,
     plot_feature_matching,
-    plot_feature_matching_with_control,
     plot_latent_density,
     plot_latent_density_grid,
     plot_sae_settings,
@@ -78,7 +77,6 @@ __all__ = [
     "plot_crosscoder_vs_matching",
     "plot_eigenspectra",
     "plot_feature_matching",
-    "plot_feature_matching_with_control",
     "plot_latent_density",
     "plot_latent_density_grid",
     "plot_layer_similarity",

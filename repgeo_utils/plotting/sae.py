@@ -6,6 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import Normalize
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from .style import POST_COLOR, PRE_COLOR, running_mean
 
@@ -46,48 +48,78 @@ def plot_latent_density(frequencies: dict, *, dense_threshold: float = 0.1, bins
     return fig
 
 
-def plot_feature_matching(table, *, threshold: float | None = None, title: str | None = None):
-    """How many fine-tuned features keep a pre-trained twin, per layer (one line per task),
-    and the matched decoder cosines per layer (boxes, tasks side by side).
+def plot_feature_matching(table, control=None, *, threshold: float = 0.7, title: str | None = None):
+    """Do fine-tuned SAE features keep a pre-trained twin? Left: the share of fine-tuned
+    features whose best-matching pre-trained decoder direction has cosine >= ``threshold``,
+    per layer (one solid line per task). Right: the matched cosines per layer (filled boxes,
+    tasks side by side). With ``control`` (the same columns, e.g. a pre-trained SAE matched to a
+    pre-trained SAE of another seed: what SAE training noise alone leaves), its shares are
+    dashed lines of the task's colour on the left and its cosines hatched boxes beside each
+    task's on the right, so a drop that the control shows too is not read as fine-tuning's.
 
-    ``table``: one row per matched fine-tuned feature with columns ``task``, ``layer`` and
-    ``cosine`` (from ``sae.match_features``); ``threshold`` is the cosine that counts as a twin.
+    ``table``: one row per matched feature with columns ``task``, ``layer`` and ``cosine``
+    (``sae.match_features`` / ``sae.grid.match_grid``).
     """
     tasks = list(dict.fromkeys(table["task"]))
     layers = sorted(set(table["layer"]))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.3))
+    has_control = control is not None and len(control) > 0
+    sides = [("fine-tuned", table)] + ([("control", control)] if has_control else [])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.9), gridspec_kw={"width_ratios": [1, 1.35]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    width = 0.8 / max(len(tasks), 1)
+    slots = len(tasks) * len(sides)
+    width = 0.8 / max(slots, 1)
     for i, task in enumerate(tasks):
-        rows = table[table["task"] == task]
-        cosines = [rows.loc[rows["layer"] == layer, "cosine"].to_numpy() for layer in layers]
         color = colors[i % len(colors)]
-        if threshold is not None:
+        for j, (side, frame) in enumerate(sides):
+            rows = frame[frame["task"] == task]
+            cosines = [rows.loc[rows["layer"] == layer, "cosine"].to_numpy() for layer in layers]
             share = [float((c >= threshold).mean()) if len(c) else np.nan for c in cosines]
-            a.plot(range(len(layers)), share, marker="o", color=color, label=str(task))
-        positions = np.arange(len(layers)) + (i - (len(tasks) - 1) / 2) * width
-        parts = b.boxplot(
-            cosines,
-            positions=positions,
-            widths=width * 0.9,
-            patch_artist=True,
-            showfliers=False,
-            manage_ticks=False,
-        )
-        for box in parts["boxes"]:
-            box.set(facecolor=color, alpha=0.5, edgecolor=color)
-        for median in parts["medians"]:
-            median.set(color="k")
+            a.plot(range(len(layers)), share, color=color, lw=1.8 if side == "fine-tuned" else 1.1,
+                   ls="-" if side == "fine-tuned" else "--", marker="o" if side == "fine-tuned" else "x",
+                   label=str(task) if side == "fine-tuned" else None)  # fmt: skip
+            slot = i * len(sides) + j
+            positions = np.arange(len(layers)) + (slot - (slots - 1) / 2) * width
+            parts = b.boxplot(
+                [c if len(c) else [np.nan] for c in cosines],
+                positions=positions,
+                widths=width * 0.85,
+                patch_artist=True,
+                showfliers=False,
+                manage_ticks=False,
+            )
+            for box in parts["boxes"]:
+                if side == "fine-tuned":
+                    box.set(facecolor=color, alpha=0.55, edgecolor=color)
+                else:
+                    box.set(facecolor="white", edgecolor=color, hatch="////", lw=1.0)
+            for median in parts["medians"]:
+                median.set(color="k")
     for ax in (a, b):
         ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
-        ax.set_xlabel("layer")
-    a.set_ylabel(f"share with a twin (cosine >= {threshold})" if threshold else "share")
+        ax.set_xlabel("layer (hidden-state index)")
+    a.set_ylabel(f"share of features with a twin\n(matched cosine >= {threshold:g})")
     a.set_ylim(-0.03, 1.03)
-    a.legend(fontsize=8, frameon=True)
-    b.set_ylabel("decoder cosine with the matched\npre-trained feature")
-    if threshold is not None:
-        b.axhline(threshold, color="k", ls="--", lw=0.8)
-    fig.suptitle(title or "fine-tuned SAE features vs pre-trained ones", y=1.02)
+    a.set_title("A. features that keep a pre-trained twin", fontsize=10, loc="left")
+    b.set_ylabel("decoder cosine with the best-\nmatching pre-trained feature")
+    b.set_ylim(-0.05, 1.05)
+    b.axhline(threshold, color="k", ls=":", lw=1.0)
+    b.set_title("B. how close the best match is", fontsize=10, loc="left")
+    task_handles, task_labels = a.get_legend_handles_labels()
+    if has_control:  # the control's line style, drawn in grey, beside the tasks
+        task_handles.append(Line2D([], [], color="0.4", ls="--", marker="x", lw=1.1))
+        task_labels.append("control (another SAE seed)")
+    a.legend(task_handles, task_labels, fontsize=8, frameon=False, ncol=2,
+             loc="upper center", bbox_to_anchor=(0.5, -0.2))  # fmt: skip
+    key = [Patch(facecolor="0.5", alpha=0.55, edgecolor="0.4",
+                 label="fine-tuned SAE vs pre-trained SAE")]  # fmt: skip
+    if has_control:
+        key.append(Patch(facecolor="white", edgecolor="0.3", hatch="////",
+                         label="control: pre-trained SAE vs pre-trained SAE of another seed"))  # fmt: skip
+    key.append(Line2D([], [], color="k", ls=":", label=f"twin threshold {threshold:g}"))
+    b.legend(handles=key, fontsize=8, frameon=False, ncol=2, loc="upper center",
+             bbox_to_anchor=(0.5, -0.2))  # fmt: skip
+    fig.suptitle(title or "Which fine-tuned SAE features have a twin in the pre-trained SAE?",
+                 fontsize=11, y=1.0)  # fmt: skip
     fig.tight_layout()
     return fig
 
@@ -204,33 +236,6 @@ def plot_latent_density_grid(frequencies: dict, *, dense_threshold: float = 0.1,
     for row in axes:
         row[0].set_ylabel("latents")
     fig.tight_layout()
-    return fig
-
-
-def plot_feature_matching_with_control(
-    table, control=None, *, threshold: float = 0.7, title: str | None = None
-):
-    """:func:`plot_feature_matching` plus, as dashed lines of the same colour, the share for a
-    control (``control``: the same columns, e.g. a pre-trained SAE matched to a pre-trained SAE
-    of another seed: the share that SAE training noise alone leaves)."""
-    fig = plot_feature_matching(table, threshold=threshold, title=title)
-    if control is None or len(control) == 0:
-        return fig
-    ax = fig.axes[0]
-    tasks = list(dict.fromkeys(table["task"]))
-    layers = sorted(set(table["layer"]))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, task in enumerate(tasks):
-        rows = control[control["task"] == task]
-        if rows.empty:
-            continue
-        share = [
-            float((rows.loc[rows["layer"] == layer, "cosine"] >= threshold).mean())
-            for layer in layers
-        ]
-        ax.plot(range(len(layers)), share, ls="--", marker="x", lw=1, color=colors[i % len(colors)],
-                label="same model, other SAE seed" if i == 0 else None)  # fmt: skip
-    ax.legend(fontsize=7, frameon=True)
     return fig
 
 
