@@ -21,6 +21,11 @@ SMOKE_DIR ?= data/smoke
 SMOKE_PARAMS ?= -p GRID smoke -p N_PROBE 576 -p PYTHIA_EVERY 10000
 NBVAL_FLAGS := --nbval-lax -p tests.nbval_tolerance --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-kernel-name $(KERNEL) --nbval-cell-timeout 1800 -p no:randomly
+# make nbtest runs the encoder notebooks (01-05) and the language-model ones (00, 06-09) in two
+# pytest-xdist workers (tests/nbval_groups.py), each kernel on NBVAL_THREADS torch threads (default:
+# the cores shared out). NBVAL_WORKERS=1 runs them one after another with torch's default threads.
+NBVAL_WORKERS ?= 2
+NBVAL_THREADS ?= $(shell n=$$(( $$(nproc) / $(NBVAL_WORKERS) )); echo $$(( n > 0 ? n : 1 )))
 
 .PHONY: help setup setup-interop lab figures smoke test unit nbtest bench lint clean
 
@@ -77,7 +82,11 @@ unit: ## unit tests only
 
 nbtest: ## re-execute the committed research notebooks and compare their checked outputs (nbval)
 	@figs=$$(mktemp -d); echo "nbval: figures go to $$figs, not figures/"; \
-	REPGEO_FIGURES_DIR=$$figs $(BIN)/python -m pytest $(NBVAL_FLAGS) notebooks -q \
+	if [ "$(NBVAL_WORKERS)" -gt 1 ]; then \
+	  echo "nbval: $(NBVAL_WORKERS) workers, $(NBVAL_THREADS) torch thread(s) each"; \
+	  export OMP_NUM_THREADS=$(NBVAL_THREADS) MKL_NUM_THREADS=$(NBVAL_THREADS); \
+	  parallel="-n $(NBVAL_WORKERS) --dist loadgroup -p tests.nbval_groups"; fi; \
+	REPGEO_FIGURES_DIR=$$figs $(BIN)/python -m pytest $(NBVAL_FLAGS) $$parallel notebooks -q \
 	  --ignore=notebooks/exercises  # the exercises: tests/test_exercises.py
 
 .PHONY: student

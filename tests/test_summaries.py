@@ -526,7 +526,7 @@ def test_benchmark_seed_table_and_text_by_hand():
         "direction as in the paper",
         "change within seed spread",
     ]
-    assert pt.robust_measures(bench) == [("SFT", "RankMe, probe texts")]
+    assert pt.robust_measures(bench) == {("SFT", "RankMe, probe texts"): "up"}
     assert list(pt.hidden_by_band(bench)["measure"]) == ["alpha, probe texts"]
     text = pt.seed_runs_text(bench)
     assert "every seed: SFT RankMe, probe texts (+10.0% / +8.0% / +9.0%)." in text
@@ -733,6 +733,13 @@ def test_toy_small_verdicts_by_hand():
     assert (
         toy.dominance_verdict({"lowest": 1.07, "final": 1.07}) == "the directions keep evening out"
     )
+    ahead, even = {"lowest": 1.36, "final": 1.42}, {"lowest": 1.46, "final": 1.47}
+    assert (
+        toy.dominance_reading({"soft": ahead, "hard": even})
+        == "here that holds for soft, not for hard"
+    )
+    assert toy.dominance_reading({"soft": even}) == "in no condition here does it"
+    assert toy.dominance_reading({"soft": ahead}) == "the reading holds in every condition here"
     assert toy.chaotic(958, 2000) and not toy.chaotic(0, 2000) and not toy.chaotic(200, 2000)
     with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
         toy.chaotic(1, 0)
@@ -869,3 +876,39 @@ def test_toy_findings_by_hand():
                          chaotic_run=False)  # fmt: skip
     assert found["paper.reproduction"].value == "reproduced"
     assert found["large_step.chaotic"].value == "gradient-flow regime"
+
+
+def test_quick_run_text_says_whether_the_live_run_agrees_with_the_seeds():
+    from repgeo_utils.summaries import posttraining as pt
+
+    rows = []
+    for stage in ("SFT", "DPO", "RL (GRPO)"):
+        for measure in (
+            "RankMe, probe texts",
+            "alpha, ID prompts",
+            "ID answer NLL",
+            "OOD answer NLL",
+        ):
+            rows.append({"stage": stage, "measure": measure, "start": 10.0, "end": 10.05,
+                         "change": 0.05, "relative": 0.005, "direction": "no clear change"})  # fmt: skip
+    live = pd.DataFrame(rows)
+    sft = (live["stage"] == "SFT") & live["measure"].isin(
+        ["RankMe, probe texts", "alpha, ID prompts"]
+    )
+    live.loc[sft, ["end", "change", "relative", "direction"]] = [8.0, -2.0, -0.2, "down"]
+    verdicts = pt.band_verdicts(live)
+    pass_table = pd.DataFrame(
+        {"after SFT": [0.3, 0.6], "after DPO": [0.3, 0.6], "after RL (GRPO)": [0.4, 0.5]},
+        index=pd.Index([1, 2], name="k"),
+    )
+    solved = pd.DataFrame({"solved 0/2": [5, 5, 8], "solved 2/2": [1, 1, 4]})
+    robust = {("SFT", "RankMe, probe texts"): "down", ("SFT", "alpha, ID prompts"): "up"}
+    text = pt.quick_run_text(verdicts, pass_table, solved, n_samples=2, ood_accuracy_max=0.0,
+                             n_checkpoints=5, ood_nll_lowest=(10, 3.0), dpo_margin=0.5,
+                             robust=robust)  # fmt: skip
+    sft_line = text.splitlines()[0]
+    assert "RankMe, probe texts 10.00 → 8.00 (-20.0%)" in sft_line
+    rankme, alpha = sft_line.split("; ")[:2]
+    assert rankme.endswith(", as in every benchmark seed")  # the seeds also went down
+    assert "although every benchmark seed went up" in alpha  # the live run went down
+    assert "benchmark seed" not in text.splitlines()[1]  # DPO: nothing robust there

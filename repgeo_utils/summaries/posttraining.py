@@ -168,18 +168,19 @@ def hidden_by_band(bench: pd.DataFrame) -> pd.DataFrame:
     return bench[bench["same sign in all seeds"] & inside]
 
 
-def robust_measures(bench: pd.DataFrame) -> list[tuple[str, str]]:
-    """(stage, measure) whose 2%-band direction was the same in every seed of the benchmark:
-    the live run's verdicts that another seed or CPU would not flip."""
+def robust_measures(bench: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(stage, measure) -> ``"up"`` / ``"down"`` for the changes whose 2%-band direction was
+    the same in every seed of the benchmark: the verdicts another seed or CPU would not flip.
+    Iterating it gives the (stage, measure) pairs."""
     seeds = [c for c in bench.columns if c.startswith("seed ")]
-    out = []
+    out = {}
     for _, row in bench.iterrows():
         if row["measure"] == "ID greedy accuracy":
             continue
         values = row[seeds].to_numpy(dtype=float)
         outside = np.abs(values) >= 0.02
         if outside.all() and (np.all(values > 0) or np.all(values < 0)):
-            out.append((str(row["stage"]), str(row["measure"])))
+            out[(str(row["stage"]), str(row["measure"]))] = "up" if values[0] > 0 else "down"
     return out
 
 
@@ -232,13 +233,14 @@ def quick_run_text(
     n_checkpoints: int,
     ood_nll_lowest: tuple[int, float],
     dpo_margin: float,
-    robust: Sequence[tuple[str, str]] = (),
+    robust: Mapping[tuple[str, str], str] | None = None,
 ) -> str:
     """The live run's closing bullets. ``verdicts``: :func:`band_verdicts`; ``pass_table``:
     pass@k with k as index and checkpoints (``after SFT``, ``after DPO``, optional ``RL
     (GRPO) step N``, ``after RL (GRPO)``) as columns; ``solved``: ``posttrain.solved_counts``
     in the same order; ``ood_nll_lowest``: (SFT step, value) of the lowest OOD answer NLL
-    along SFT; ``robust``: (stage, measure) whose direction held in every benchmark seed."""
+    along SFT; ``robust``: :func:`robust_measures` of the benchmark, (stage, measure) -> the
+    direction every benchmark seed took; the live run is said to agree with it or not."""
     v = verdicts.set_index(["stage", "measure"])
 
     def moved(stage: str, measure: str) -> str:
@@ -246,10 +248,16 @@ def quick_run_text(
         rel = f" ({_pct(row['relative'])})" if np.isfinite(row["relative"]) else ""
         return f"{row['start']:.2f} → {row['end']:.2f}{rel}"
 
+    seeds_went = dict(robust or {})
+
     def said(stage: str, measure: str) -> str:
         row = v.loc[(stage, measure)]
-        held = (stage, measure) in set(robust) and row["direction"] != "no clear change"
-        return f"{row['verdict']}{', as in every benchmark seed' if held else ''}"
+        went = seeds_went.get((stage, measure))
+        if went is None:
+            return str(row["verdict"])
+        if row["direction"] == went:
+            return f"{row['verdict']}, as in every benchmark seed"
+        return f"{row['verdict']}, although every benchmark seed went {went}"
 
     lines = []
     for stage in STAGES:

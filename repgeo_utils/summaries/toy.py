@@ -62,6 +62,18 @@ def dominance_verdict(ratio: Mapping[str, float], *, rise: float = 0.01) -> str:
     return "the directions keep evening out"
 
 
+def dominance_reading(dominance: Mapping[str, Mapping[str, float]]) -> str:
+    """Where the paper's Fig 5D reading (the dominant direction grows faster in the
+    compression phase) holds among the conditions, by :func:`dominance_verdict`."""
+    ahead = [c for c, r in dominance.items() if dominance_verdict(r).endswith("pulls ahead again")]
+    behind = [c for c in dominance if c not in ahead]
+    if not behind:
+        return "the reading holds in every condition here"
+    if not ahead:
+        return "in no condition here does it"
+    return f"here that holds for {', '.join(ahead)}, not for {', '.join(behind)}"
+
+
 def chaotic(rose_on: int, steps: int) -> bool:
     """True when the loss rose on more than ``CHAOTIC_SHARE`` of the steps."""
     if steps < 1:
@@ -241,11 +253,12 @@ def summary(
             f"{r['final']:.2f} at the end ({dominance_verdict(r)})"
         )
     small = inits[inits["init"] == "small"]
+    reading = dominance_reading(dominance)
     text.append(
         "\n\n**Singular values (Fig 5D).** sigma_1 / sigma_2 of W, "
         + "; ".join(dom_parts)
         + ". The paper reads the compression phase as the dominant direction growing faster "
-        "than the others. W and U end with top singular values at most "
+        f"than the others: {reading}. W and U end with top singular values at most "
         f"{100 * small['W vs U sigma'].max():.1f}% apart from a small independent "
         "initialisation."
     )
