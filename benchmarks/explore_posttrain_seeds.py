@@ -124,7 +124,10 @@ def report(record: dict) -> str:
     ]
     for run in runs:
         p, solved = run["pass_at_k"], run["solved"]
-        dpo, rl = solved.get("after DPO", {}), solved.get("after RL (GRPO)", {})
+        # solved counts are keyed "stage:step": the end of DPO and the last RL checkpoint
+        dpo = next((v for k, v in solved.items() if k.startswith("dpo")), {})
+        rl = [v for k, v in solved.items() if k.startswith("rl")]
+        rl = rl[-1] if rl else {}
         lines.append(
             f"| {run['label']} | {p['after DPO']['pass@1']:.3f} -> {p['after RL (GRPO)']['pass@1']:.3f} | "
             f"{p['after DPO']['pass@16']:.3f} -> {p['after RL (GRPO)']['pass@16']:.3f} | "

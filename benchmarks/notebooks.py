@@ -260,6 +260,50 @@ def run_table(write: bool) -> None:
     print(f"wrote the table into {README}")
 
 
+# --- what a second seed changes -----------------------------------------------------------------
+
+SEEDS_START, SEEDS_END = "<!-- seed-findings -->", "<!-- /seed-findings -->"
+
+
+def seeds_table(collected: dict[str, dict[str, dict]], seed: str = "1") -> str:
+    """Per notebook: how many recorded findings moved between seed 0 (committed) and ``seed``,
+    how far the numbers moved (median and largest relative change) and which verdicts changed."""
+    lines = [
+        f"| notebook | findings | moved | median / largest relative move | verdicts changed (seed 0 -> seed {seed}) |",
+        "|---|---:|---:|---|---|",
+    ]
+    for stem, items in sorted(collected.items()):
+        pairs = [(k, v["0"], v[seed]) for k, v in sorted(items.items()) if "0" in v and seed in v]
+        moved = [(k, a, b) for k, a, b in pairs if a != b]
+        rel = [abs(b - a) / abs(a) for _, a, b in moved
+               if isinstance(a, int | float) and isinstance(b, int | float) and a and abs(a) < 1e6]  # fmt: skip
+        words = [
+            f"{k}: {a} -> {b}" for k, a, b in moved if isinstance(a, str) or isinstance(b, str)
+        ]
+        spread = (
+            f"{100 * sorted(rel)[len(rel) // 2]:.0f}% / {100 * max(rel):.0f}%" if rel else "none"
+        )
+        lines.append(
+            f"| `{stem}` | {len(pairs)} | {len(moved)} | {spread} | {'; '.join(words) or 'none'} |"
+        )
+    return "\n".join(lines)
+
+
+def run_seeds_table(write: bool) -> None:
+    table = seeds_table(json.loads(VARIATION_FILE.read_text())["seeds"])
+    if not write:
+        print(table)
+        return
+    text = REPORT_FILE.read_text()
+    if SEEDS_START not in text:
+        raise SystemExit(f"{REPORT_FILE} has no {SEEDS_START} ... {SEEDS_END} markers")
+    head, rest = text.split(SEEDS_START, 1)
+    REPORT_FILE.write_text(
+        head + SEEDS_START + "\n" + table + "\n" + SEEDS_END + rest.split(SEEDS_END, 1)[1]
+    )
+    print(f"wrote the table into {REPORT_FILE}")
+
+
 # --- variation of checked outputs --------------------------------------------------------------
 
 
@@ -360,12 +404,18 @@ def main() -> None:
     variation.add_argument("--notebooks", nargs="*")
     table = sub.add_parser("table")
     table.add_argument("--write", action="store_true", help="write it into README.md")
+    seeds_table_cmd = sub.add_parser("seeds-table")
+    seeds_table_cmd.add_argument(
+        "--write", action="store_true", help="write it into reproducibility.md"
+    )
     seeds = sub.add_parser("seeds")
     seeds.add_argument("--seeds", nargs="+", type=int, required=True)
     seeds.add_argument("--notebooks", nargs="*")
     args = parser.parse_args()
     if args.job == "times":
         run_times(args.notebooks, args.seed)
+    elif args.job == "seeds-table":
+        run_seeds_table(args.write)
     elif args.job == "table":
         run_table(args.write)
     elif args.job == "variation":

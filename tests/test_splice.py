@@ -248,6 +248,16 @@ def test_linear_probe_reads_out_the_pooled_encoder(tiny_bert):
     weight, bias = fit_linear_probe(x * 10 + 3, y, C=100.0)  # raw units: scaling folded in
     assert weight.shape == (2, 5)
     assert ((x * 10 + 3) @ weight.T + bias).argmax(1).tolist() == y.tolist()
+    # a feature constant up to rounding (as in MiniLM's mean-pooled last layer) gets weight 0,
+    # not coef / 1e-17: a splice that moves it must not swamp the logits
+    flat = np.column_stack(
+        [x, np.full(60, 0.1) + rng.normal(scale=1e-12, size=60), np.full(60, 2.0)]
+    )
+    weight_flat, bias_flat = fit_linear_probe(flat, y, C=100.0)
+    assert not weight_flat[:, 5:].any() and np.abs(weight_flat).max() < 100
+    moved = flat.copy()
+    moved[:, 5:] += 1.0
+    np.testing.assert_allclose(moved @ weight_flat.T + bias_flat, flat @ weight_flat.T + bias_flat)
     weight3, bias3 = fit_linear_probe(x, y, n_classes=3)
     assert bias3[2] == -1e9 and not weight3[2].any()  # an absent class is never predicted
     with pytest.raises(ValueError, match="two classes"):

@@ -311,7 +311,7 @@ def test_splice_text_and_verdicts_by_hand():
     text = sae.splice_text(table)
     assert (
         "at the early layer (2) the pre-trained model's SAE stands in (KL recovered 0.93-0.97, "
-        "accuracy 0.0-1.0 points below the clean model)" in text
+        "accuracy -1.0 to +0.0 points against the clean model)" in text
     )
     assert "and the fine-tuned model's SAE stands in partly (KL recovered 0.70-0.80" in text
     # post - pre: a early +0.02, b early -0.01 (same), a late +0.40, b late +0.25 (more)

@@ -48,7 +48,6 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -534,6 +533,18 @@ class ProbeClassifier(nn.Module):
         return SimpleNamespace(logits=pooled @ self.weight.T + self.bias)
 
 
+#: :func:`fit_linear_probe`: a feature whose sd over the training texts is at most this share of
+#: the median feature's sd counts as constant.
+CONSTANT_FEATURE = 1e-6
+
+
+def _constant_features(scale: np.ndarray) -> np.ndarray:
+    varying = scale[scale > 0]
+    if not len(varying):
+        return np.ones_like(scale, dtype=bool)
+    return scale <= CONSTANT_FEATURE * float(np.median(varying))
+
+
 def fit_linear_probe(
     features: Float[np.ndarray, "texts d"],
     labels: Sequence[int] | np.ndarray,
@@ -546,7 +557,11 @@ def fit_linear_probe(
     L2 penalty ``C``, seeded), returned as ``(weight, bias)`` on the raw features (the
     standardisation folded in). Binary tasks get two rows (``-w/2, +w/2``) so the softmax of the
     logits is the fitted probability. ``n_classes``: how many rows; a class missing from the
-    labels gets weight 0 and bias -1e9, so it is never predicted."""
+    labels gets weight 0 and bias -1e9, so it is never predicted. A feature that does not vary
+    over the training texts (sd at most :data:`CONSTANT_FEATURE` of the median sd; MiniLM's
+    mean-pooled last layer has one) gets weight 0: standardising it would divide by rounding
+    noise and give it a weight near 1e31, so that any change a splice makes there would swamp
+    the logits."""
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     if x.ndim != 2 or len(x) != len(y):
@@ -554,17 +569,19 @@ def fit_linear_probe(
     classes = np.unique(y)
     if len(classes) < 2:
         raise ValueError("A probe needs at least two classes among the labels.")
-    scaler = StandardScaler().fit(x)
-    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    fit = LogisticRegression(C=C, max_iter=5000, random_state=seed).fit(
-        (x - scaler.mean_) / scale, y
-    )
-    coef, intercept = fit.coef_, fit.intercept_
+    mean, sd = x.mean(0), x.std(0)
+    constant = _constant_features(sd)
+    scale = np.where(constant, 1.0, sd)
+    z = (x - mean) / scale
+    z[:, constant] = 0.0
+    fit = LogisticRegression(C=C, max_iter=5000, random_state=seed).fit(z, y)
+    coef, intercept = fit.coef_.copy(), fit.intercept_
+    coef[:, constant] = 0.0
     if len(classes) == 2:
         coef = np.vstack([-coef[0] / 2, coef[0] / 2])
         intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
     weight = coef / scale
-    bias = intercept - weight @ scaler.mean_
+    bias = intercept - weight @ mean
     size = int(n_classes) if n_classes is not None else int(classes.max()) + 1
     full_w, full_b = np.zeros((size, x.shape[1])), np.full(size, -1e9)
     full_w[classes], full_b[classes] = weight, bias

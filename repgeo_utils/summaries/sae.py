@@ -253,6 +253,13 @@ def _span(values: pd.Series, fmt: str = ".2f") -> str:
     return low if low == high else f"{low}-{high}"
 
 
+def _signed_span(values: pd.Series) -> str:
+    """``"-1.0"`` when all tasks agree to one decimal, else ``"-3.5 to +3.3"`` (signed, so a
+    spliced model that does better than the clean one reads as such)."""
+    low, high = f"{float(values.min()):+.1f}", f"{float(values.max()):+.1f}"
+    return low if low == high else f"{low} to {high}"
+
+
 def _own_splices(splice: pd.DataFrame) -> pd.DataFrame:
     own = splice[~splice["transfer"].astype(bool)]
     if own.empty:
@@ -298,10 +305,10 @@ def splice_text(splice: pd.DataFrame) -> str:
             m = rows[rows["model"] == model]
             if m.empty:
                 continue
-            drop = m["accuracy_clean"] - m["accuracy"]
+            change = (m["accuracy"] - m["accuracy_clean"]) * 100
             models.append(
                 f"the {model} model's SAE {verdicts[(depth, model)]} (KL recovered {_span(m['kl_recovered_mean'])}, "
-                f"accuracy {_span(drop * 100, '.1f')} points below the clean model)"
+                f"accuracy {_signed_span(change)} points against the clean model)"
             )
         parts.append(f"at the {depth} layer ({layer}) " + " and ".join(models))
     text = ["Spliced in for its layer, measured against mean-ablation: " + "; ".join(parts) + "."]
