@@ -31,7 +31,7 @@ from sklearn.metrics import (
     f1_score,
     precision_recall_fscore_support,
 )
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
 from . import validate
 from .cache import cache_entry
@@ -369,6 +369,8 @@ def finetune_task(
             compute_metrics=accuracy,
             warmup_ratio=settings.warmup_ratio,
         )
+        if not progress:  # without a progress bar the Trainer prints every log dict instead
+            trainer.remove_callback(PrinterCallback)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start

@@ -51,7 +51,7 @@ def test_eval_report_known_answers():
     pd.testing.assert_frame_equal(back.per_class, r.per_class, check_dtype=False)
 
 
-def test_finetune_tiny_bert_beats_chance_and_caches(tiny_bert, separable_task, tmp_path):
+def test_finetune_tiny_bert_beats_chance_and_caches(tiny_bert, separable_task, tmp_path, capsys):
     res = finetune_task(
         str(tiny_bert),
         separable_task,
@@ -62,6 +62,7 @@ def test_finetune_tiny_bert_beats_chance_and_caches(tiny_bert, separable_task, t
         cache_root=tmp_path / "cache",
     )
     assert not res.cached
+    assert "{'loss'" not in capsys.readouterr().out  # progress=False: no Trainer log dicts either
     assert res.post.accuracy >= 0.9 > res.pre.accuracy
     assert res.post.confusion.sum() == len(separable_task["test"])
     assert list(res.history["epoch"]) == [float(e) for e in range(1, 9)]
