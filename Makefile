@@ -21,11 +21,14 @@ SMOKE_DIR ?= data/smoke
 SMOKE_PARAMS ?= -p GRID smoke -p N_PROBE 576 -p PYTHIA_EVERY 10000
 NBVAL_FLAGS := --nbval-lax -p tests.nbval_tolerance --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-kernel-name $(KERNEL) --nbval-cell-timeout 1800 -p no:randomly
-# make nbtest runs the encoder notebooks (01-05) and the language-model ones (00, 06-09) in two
-# pytest-xdist workers (tests/nbval_groups.py), each kernel on NBVAL_THREADS torch threads (default:
-# the cores shared out). NBVAL_WORKERS=1 runs them one after another with torch's default threads.
+# make nbtest runs two chains of notebooks side by side, each in its own pytest process: the
+# encoder notebooks (01's fine-tunes feed 02-05, 03's SAEs feed 04) and the rest (06's LM feeds
+# 08 and 09); a cache entry one chain needs from the other is waited for under the cache's lock.
+# Each kernel gets NBVAL_THREADS torch threads (default: the cores shared out). NBVAL_WORKERS=1
+# runs every notebook in one process, one after another, on torch's default threads.
 NBVAL_WORKERS ?= 2
-NBVAL_THREADS ?= $(shell n=$$(( $$(nproc) / $(NBVAL_WORKERS) )); echo $$(( n > 0 ? n : 1 )))
+NBVAL_THREADS ?= $(shell n=$$(( $$(nproc) / 2 )); echo $$(( n > 0 ? n : 1 )))
+NBTEST_CHAINS := "$(wildcard notebooks/0[1-5]_*.ipynb)" "$(wildcard notebooks/0[06-9]_*.ipynb)"
 
 .PHONY: help setup setup-interop lab figures smoke test unit nbtest bench lint clean
 
@@ -82,12 +85,15 @@ unit: ## unit tests only
 
 nbtest: ## re-execute the committed research notebooks and compare their checked outputs (nbval)
 	@figs=$$(mktemp -d); echo "nbval: figures go to $$figs, not figures/"; \
-	if [ "$(NBVAL_WORKERS)" -gt 1 ]; then \
-	  echo "nbval: $(NBVAL_WORKERS) workers, $(NBVAL_THREADS) torch thread(s) each"; \
-	  export OMP_NUM_THREADS=$(NBVAL_THREADS) MKL_NUM_THREADS=$(NBVAL_THREADS); \
-	  parallel="-n $(NBVAL_WORKERS) --dist loadgroup -p tests.nbval_groups"; fi; \
-	REPGEO_FIGURES_DIR=$$figs $(BIN)/python -m pytest $(NBVAL_FLAGS) $$parallel notebooks -q \
-	  --ignore=notebooks/exercises  # the exercises: tests/test_exercises.py
+	if [ "$(NBVAL_WORKERS)" -le 1 ]; then \
+	  REPGEO_FIGURES_DIR=$$figs $(BIN)/python -m pytest $(NBVAL_FLAGS) -q $(NOTEBOOKS); exit $$?; fi; \
+	echo "nbval: two chains side by side, $(NBVAL_THREADS) torch thread(s) per kernel"; \
+	logs=$$(mktemp -d); pids=""; i=0; \
+	for chain in $(NBTEST_CHAINS); do i=$$((i + 1)); \
+	  OMP_NUM_THREADS=$(NBVAL_THREADS) MKL_NUM_THREADS=$(NBVAL_THREADS) REPGEO_FIGURES_DIR=$$figs \
+	    $(BIN)/python -m pytest $(NBVAL_FLAGS) -q $$chain > $$logs/chain$$i.log 2>&1 & pids="$$pids $$!"; done; \
+	status=0; for pid in $$pids; do wait $$pid || status=1; done; \
+	for log in $$logs/chain*.log; do echo "== $$log"; cat $$log; done; exit $$status
 
 .PHONY: student
 student: ## student copies of notebooks/exercises/ (nbgrader: solutions and outputs removed) in build/student/
