@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.artist import Artist
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -110,7 +111,7 @@ def plot_feature_matching(table, control=None, *, threshold: float = 0.7, title:
         task_labels.append("control (another SAE seed)")
     a.legend(task_handles, task_labels, fontsize=8, frameon=False, ncol=2,
              loc="upper center", bbox_to_anchor=(0.5, -0.2))  # fmt: skip
-    key = [Patch(facecolor="0.5", alpha=0.55, edgecolor="0.4",
+    key: list[Artist] = [Patch(facecolor="0.5", alpha=0.55, edgecolor="0.4",
                  label="fine-tuned SAE vs pre-trained SAE")]  # fmt: skip
     if has_control:
         key.append(Patch(facecolor="white", edgecolor="0.3", hatch="////",
