@@ -17,8 +17,9 @@ SMOKE_MIRROR ?= data/smoke-mirror
 SMOKE_DIR ?= data/smoke
 # the smoke run's parameters: the SAE grid sized for the 32-wide stand-ins (sae.grid.GRID_SETTINGS),
 # 576 probe texts (of 2,048 in 06, 1,024 in 08; 08 fits on 512 and measures on the rest), and
-# 06's sweep over every 10,000th Pythia revision (26 of 154: the eleven log-spaced ones, then every 10,000th and the last)
-SMOKE_PARAMS ?= -p GRID smoke -p N_PROBE 576 -p PYTHIA_EVERY 10000
+# 06's sweep over every 10,000th Pythia revision (26 of 154: the eleven log-spaced ones, then every 10,000th and the last),
+# and 05's alpha-ReQ fit over ranks 2-24 (the 32-wide stand-ins have no rank 100)
+SMOKE_PARAMS ?= -p GRID smoke -p N_PROBE 576 -p PYTHIA_EVERY 10000 -y 'FIT_RANGE: [2, 24]'
 NBVAL_FLAGS := --nbval-lax -p tests.nbval_tolerance --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-kernel-name $(KERNEL) --nbval-cell-timeout 1800 -p no:randomly
 # make nbtest runs two chains of notebooks side by side, each in its own pytest process: the

@@ -149,6 +149,11 @@ def test_spectral_summary_follows_the_numbers():
     found = spectral.findings(late, _noise(tasks, 10.0))
     assert found["a.rankme_covariance.direction"].value == "down"  # -72 beats 2 x 10
     assert found["a.alpha.direction"].value == "no clear change"  # 0.9 does not beat 2 x 10
+    unfitted = late.copy()  # alpha is NaN where the spectrum is shorter than the fit range
+    unfitted["alpha"] = float("nan")
+    found = spectral.findings(unfitted, _noise(tasks, 0.5))
+    assert found["a.alpha.direction"].value == "not measured"
+    assert found["a.rankme_covariance.direction"].value == "down"
 
 
 @pytest.mark.parametrize(

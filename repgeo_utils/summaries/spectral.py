@@ -3,6 +3,7 @@ section 2.1, applied to paper 1's fine-tuned encoders)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -44,7 +45,10 @@ def findings(
                 spread=sd,
                 spread_source="sd over random halves of the texts" if sd is not None else "",
             )
-            found.verdict(f"{task}.{metric}.direction", direction(change, sd or 0.0))
+            found.verdict(  # alpha is NaN where the spectrum is too short for the fit range
+                f"{task}.{metric}.direction",
+                direction(change, sd or 0.0) if math.isfinite(change) else "not measured",
+            )
     return found
 
 
