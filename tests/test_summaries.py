@@ -153,6 +153,8 @@ def test_spectral_summary_follows_the_numbers():
     unfitted["alpha"] = float("nan")
     found = spectral.findings(unfitted, _noise(tasks, 0.5))
     assert found["a.alpha.direction"].value == "not measured"
+    text = spectral.summary(unfitted, reps, _noise(tasks, 0.3), share)
+    assert "alpha goes unmeasured in a (no fit), unmeasured in b (no fit)" in text
     assert found["a.rankme_covariance.direction"].value == "down"
 
 

@@ -20,6 +20,12 @@ def _by_layer(table: pd.DataFrame, task: str, model: str) -> pd.DataFrame:
     return rows.set_index("layer").sort_index()
 
 
+def _direction(change: float, sd: float) -> str:
+    """:func:`~repgeo_utils.report.direction`, or "not measured" where the change is NaN (alpha
+    of a spectrum too short or too flat for the fit range)."""
+    return direction(change, sd) if math.isfinite(change) else "not measured"
+
+
 def findings(
     main: pd.DataFrame,
     noise: pd.DataFrame,
@@ -45,10 +51,7 @@ def findings(
                 spread=sd,
                 spread_source="sd over random halves of the texts" if sd is not None else "",
             )
-            found.verdict(  # alpha is NaN where the spectrum is too short for the fit range
-                f"{task}.{metric}.direction",
-                direction(change, sd or 0.0) if math.isfinite(change) else "not measured",
-            )
+            found.verdict(f"{task}.{metric}.direction", _direction(change, sd or 0.0))
     return found
 
 
@@ -141,10 +144,13 @@ def summary(
     for t in tasks:
         sd = _noise_sd(noise, t, "alpha") or 0.0
         pre, post = _by_layer(main, t, PRE), _by_layer(main, t, POST)
-        alpha_dirs[t] = direction(float(post["alpha"].iloc[-1] - pre["alpha"].iloc[-1]), sd)
+        alpha_dirs[t] = _direction(float(post["alpha"].iloc[-1] - pre["alpha"].iloc[-1]), sd)
     text.append(
         " At the last layer alpha goes "
-        + ", ".join(f"{d} in {t}" for t, d in alpha_dirs.items())
+        + ", ".join(
+            f"{d} in {t}" if d != "not measured" else f"unmeasured in {t} (no fit)"
+            for t, d in alpha_dirs.items()
+        )  # fmt: skip
         + " (a rise means a faster-decaying, more compressed spectrum)."
     )
     same_story = all(
