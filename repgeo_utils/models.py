@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
 import transformers
 from transformers import (
     AutoConfig,
@@ -339,8 +340,10 @@ def load_model(
     if seed is not None:
         transformers.set_seed(seed)
     tokenizer = _from_pretrained(transformers.AutoTokenizer, ref)
+    # float32 whatever the checkpoint stores: transformers 5 loads a float16 checkpoint (Pythia's)
+    # as float16 by default, and CPU training and measurement need float32
     if kind == "encoder":
-        model = _from_pretrained(AutoModel, ref)
+        model = _from_pretrained(AutoModel, ref, dtype=torch.float32)
     elif kind == "classifier":
         kwargs = {}
         if label_names is not None:
@@ -349,9 +352,11 @@ def load_model(
                 id2label=dict(enumerate(label_names)),
                 label2id={n: i for i, n in enumerate(label_names)},
             )
-        model = _from_pretrained(AutoModelForSequenceClassification, ref, **kwargs)
+        model = _from_pretrained(
+            AutoModelForSequenceClassification, ref, dtype=torch.float32, **kwargs
+        )
     else:  # "causal-lm", checked above
-        model = _from_pretrained(AutoModelForCausalLM, ref)
+        model = _from_pretrained(AutoModelForCausalLM, ref, dtype=torch.float32)
     model.eval()
     return model, tokenizer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 
 from repgeo_utils.config import package_dir
 from repgeo_utils.models import (
@@ -107,3 +108,14 @@ def test_package_dir_names_the_install_command():
         package_dir("no_such_asset", ModelUnavailableError)
     with pytest.raises(FileNotFoundError, match="make setup"):
         package_dir("no_such_asset")
+
+
+def test_a_float16_checkpoint_loads_as_float32(tiny_bert, tmp_path):
+    # Pythia's hub checkpoints are float16; transformers 5 would keep them so, and CPU training
+    # then fails with "mixed dtype" (found by the smoke run of notebook 08's paper branch)
+    half, tokenizer = load_model(tiny_bert, kind="encoder")
+    half.half().save_pretrained(tmp_path / "half")
+    tokenizer.save_pretrained(tmp_path / "half")
+    for kind in ("encoder", "classifier"):
+        model, _ = load_model(str(tmp_path / "half"), kind=kind)
+        assert {p.dtype for p in model.parameters()} == {torch.float32}, kind
