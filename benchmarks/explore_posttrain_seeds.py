@@ -90,7 +90,7 @@ def report(record: dict) -> str:
         "",
         "`benchmarks/explore_posttrain_seeds.py` repeats notebook 08's quick setting (SFT -> DPO -> "
         "GRPO on the small GPT-NeoX of notebook 06) with "
-        + ", ".join(s.replace("seed ", "seed ") for s in seeds)
+        + ", ".join(seeds)
         + " (the seed also redraws the task split, the DPO rejections and every trainer's "
         "randomness)"
         + (
