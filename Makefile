@@ -22,14 +22,27 @@ SMOKE_DIR ?= data/smoke
 SMOKE_PARAMS ?= -p GRID smoke -p N_PROBE 576 -p PYTHIA_EVERY 10000 -y 'FIT_RANGE: [2, 24]'
 NBVAL_FLAGS := --nbval-lax -p tests.nbval_tolerance --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-kernel-name $(KERNEL) --nbval-cell-timeout 1800 -p no:randomly
-# make nbtest runs two chains of notebooks side by side, each in its own pytest process: the
-# encoder notebooks (01's fine-tunes feed 02-05, 03's SAEs feed 04) and the rest (06's LM feeds
-# 08 and 09); a cache entry one chain needs from the other is waited for under the cache's lock.
-# Each kernel gets NBVAL_THREADS torch threads (default: the cores shared out). NBVAL_WORKERS=1
-# runs every notebook in one process, one after another, on torch's default threads.
-NBVAL_WORKERS ?= 2
-NBVAL_THREADS ?= $(shell n=$$(( $$(nproc) / 2 )); echo $$(( n > 0 ? n : 1 )))
-NBTEST_CHAINS := "$(wildcard notebooks/0[1-5]_*.ipynb)" "$(wildcard notebooks/0[06-9]_*.ipynb)"
+# `make figures` and `make nbtest` run the notebooks as two chains side by side, one kernel each
+# with the cores shared out (THREADS torch threads a kernel), about 20 minutes each from cold on
+# 2 cores (README's table). Chain 1: 01's fine-tunes, then 03's SAE grid on them. Chain 2: the
+# LM notebooks (06's LM feeds 08 and 09), then 02, 05 and 04, which reuse 01's fine-tunes and
+# 03's SAEs and by then find them cached (or wait for them under the cache's lock).
+# WORKERS=1 runs the notebooks one after another in NOTEBOOKS's order, on torch's default threads.
+WORKERS ?= 2
+THREADS ?= $(shell n=$$(( $$(nproc) / 2 )); echo $$(( n > 0 ? n : 1 )))
+NBVAL_WORKERS ?= $(WORKERS)
+# make unit: pytest-xdist workers, each running whole test files (a module's fixtures run once)
+UNIT_WORKERS ?= $(WORKERS)
+NBVAL_THREADS ?= $(THREADS)
+CHAIN1 := 01 03
+CHAIN2 := 00 06 07 08 09 02 05 04
+nb_of = $(filter notebooks/$(1)_%,$(NOTEBOOKS))
+chain1 = $(strip $(foreach n,$(CHAIN1),$(call nb_of,$(n))))
+chain2_known = $(foreach n,$(CHAIN2),$(call nb_of,$(n)))
+chain2 = $(strip $(chain2_known) $(filter-out $(chain1) $(chain2_known),$(NOTEBOOKS)))
+# where `make figures` writes executed notebooks: in place for the quick profile, else
+# <RUNS_DIR>/<profile>/ (OUT_DIR overrides both; benchmarks/notebooks.py times uses it)
+OUT_DIR ?=
 
 .PHONY: help setup setup-interop lab figures smoke test unit nbtest bench lint clean
 
@@ -64,13 +77,28 @@ setup-interop: ## add the interop extra to .venv (sae-lens==6.54.12, ~1 GB, ~5 m
 lab: ## open JupyterLab on notebooks/ with the repgeo kernel
 	$(BIN)/jupyter lab notebooks/
 
-figures: ## execute every notebook with papermill (PROFILE=quick|paper, PARAMS="-p NAME VALUE") and write figures/
-	@set -e; for nb in $(NOTEBOOKS); do \
-	  out=$$nb; \
-	  if [ "$(PROFILE)" != "quick" ]; then mkdir -p $(RUNS_DIR)/$(PROFILE); out=$(RUNS_DIR)/$(PROFILE)/$$(basename $$nb); fi; \
-	  echo "== $$nb -> $$out (PROFILE=$(PROFILE))"; \
-	  $(BIN)/papermill $$nb $$out -k $(KERNEL) --cwd notebooks -p PROFILE $(PROFILE) $(PARAMS); \
-	done
+figures: ## execute every notebook with papermill (PROFILE=quick|paper, PARAMS="-p NAME VALUE", WORKERS=1: one at a time) and write figures/
+	@set -e; outdir="$(OUT_DIR)"; \
+	if [ -z "$$outdir" ] && [ "$(PROFILE)" != "quick" ]; then outdir=$(RUNS_DIR)/$(PROFILE); fi; \
+	if [ -n "$$outdir" ]; then mkdir -p "$$outdir"; fi; \
+	run_chain() { log=$$1; shift; for nb in "$$@"; do \
+	    out=$$nb; if [ -n "$$outdir" ]; then out=$$outdir/$$(basename $$nb); fi; \
+	    echo "== $$nb -> $$out (PROFILE=$(PROFILE))"; start=$$SECONDS; \
+	    if [ -n "$$log" ]; then echo "== $$nb" >> $$log; fi; \
+	    if [ -n "$$log" ]; then papermill_out=$$log; else papermill_out=/dev/stderr; fi; \
+	    $(BIN)/papermill $$nb $$out -k $(KERNEL) --cwd notebooks -p PROFILE $(PROFILE) $(PARAMS) \
+	      >> $$papermill_out 2>&1 || { echo "== FAILED $$nb (after $$((SECONDS - start)) s)"; return 1; }; \
+	    echo "== done $$nb in $$((SECONDS - start)) s"; done; }; \
+	if [ "$(WORKERS)" -le 1 ]; then run_chain "" $(NOTEBOOKS); exit; fi; \
+	logs=$(RUNS_DIR)/logs; mkdir -p $$logs; pids=""; i=0; \
+	for chain in "$(chain1)" "$(chain2)"; do i=$$((i + 1)); if [ -z "$$chain" ]; then continue; fi; \
+	  log=$$logs/figures-chain$$i.log; : > $$log; \
+	  echo "== chain $$i, $(THREADS) torch thread(s): $$chain (papermill's progress: $$log)"; \
+	  OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) run_chain $$log $$chain & pids="$$pids $$!"; done; \
+	status=0; for pid in $$pids; do wait $$pid || status=1; done; \
+	if [ $$status != 0 ]; then for log in $$logs/figures-chain*.log; do \
+	  echo "== last lines of $$log"; tail -n 40 $$log; done; fi; \
+	echo "== make figures: $$SECONDS s"; exit $$status
 
 smoke: ## every notebook's paper branch on tiny stand-ins (hub mirror in data/smoke-mirror/, all output in data/smoke/)
 	$(BIN)/python -m repgeo_utils.smoke build $(SMOKE_MIRROR)
@@ -81,8 +109,10 @@ smoke: ## every notebook's paper branch on tiny stand-ins (hub mirror in data/sm
 
 test: unit nbtest ## unit tests, then every notebook under nbval
 
-unit: ## unit tests only
-	$(BIN)/python -m pytest tests -q
+unit: ## unit tests only (UNIT_WORKERS processes, a test file each at a time; UNIT_WORKERS=1: one)
+	@if [ "$(UNIT_WORKERS)" -le 1 ]; then set -x; $(BIN)/python -m pytest tests -q; else set -x; \
+	  OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) \
+	    $(BIN)/python -m pytest tests -q -n $(UNIT_WORKERS) --dist loadfile; fi
 
 nbtest: ## re-execute the committed research notebooks and compare their checked outputs (nbval)
 	@figs=$$(mktemp -d); echo "nbval: figures go to $$figs, not figures/"; \
@@ -90,7 +120,7 @@ nbtest: ## re-execute the committed research notebooks and compare their checked
 	  REPGEO_FIGURES_DIR=$$figs $(BIN)/python -m pytest $(NBVAL_FLAGS) -q $(NOTEBOOKS); exit $$?; fi; \
 	echo "nbval: two chains side by side, $(NBVAL_THREADS) torch thread(s) per kernel"; \
 	logs=$$(mktemp -d); pids=""; i=0; \
-	for chain in $(NBTEST_CHAINS); do i=$$((i + 1)); \
+	for chain in "$(chain1)" "$(chain2)"; do i=$$((i + 1)); if [ -z "$$chain" ]; then continue; fi; \
 	  OMP_NUM_THREADS=$(NBVAL_THREADS) MKL_NUM_THREADS=$(NBVAL_THREADS) REPGEO_FIGURES_DIR=$$figs \
 	    $(BIN)/python -m pytest $(NBVAL_FLAGS) -q $$chain > $$logs/chain$$i.log 2>&1 & pids="$$pids $$!"; done; \
 	status=0; for pid in $$pids; do wait $$pid || status=1; done; \

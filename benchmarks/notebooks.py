@@ -5,10 +5,11 @@ Three jobs, each executing the notebooks with papermill exactly as ``make figure
 a fresh data folder (so every fine-tune, SAE and pretraining run is rebuilt: "cold") unless
 said otherwise:
 
-``times``
-    Every notebook cold, in order, then again warm (caches kept), timing each; the float32
-    GEMM rate is measured before and after so a reader can scale the times to another machine.
-    -> ``results/notebook_times.json``.
+``times [--in-place]``
+    ``make figures`` itself, cold, then again warm (caches kept), with the time of each
+    notebook from the Makefile's ``== done`` lines; the float32 GEMM rate is measured before
+    and after so a reader can scale the times to another machine. ``--in-place``: the warm run
+    writes the committed notebooks and figures/. -> ``results/notebook_times.json``.
 ``variation --config NAME``
     Every notebook cold under one kernel-path setting (``aten-default``: ATen's scalar CPU
     kernels instead of AVX2/AVX-512; ``threads-1``: one thread; ``mkl-compatible``: MKL's
@@ -145,19 +146,57 @@ def merge(path: Path, key: str, value: dict) -> None:
 # --- times -------------------------------------------------------------------------------------
 
 
-def run_times(names: list[str] | None, seed: int) -> None:
-    """Cold then warm, with ``-p SEED seed``. A seed other than the committed one (0) costs
-    the same and doubles as a seed run: its findings are merged as :func:`run_seeds` does."""
+def make_figures(env: dict[str, str], out: Path | None, seed: int, names: list[str] | None) -> dict:
+    """``make figures`` as a user runs it (two chains side by side unless ``WORKERS=1`` is in
+    the environment), executed notebooks written under ``out`` (None: in place, as a user's
+    run writes them). Returns its wall time and each notebook's time, read from the
+    ``== done <notebook> in <s> s`` lines the Makefile prints."""
+    command = ["make", "--no-print-directory", "figures", f"BIN={Path(sys.executable).parent}"]
+    if out is not None:
+        command += [f"OUT_DIR={out}", f"RUNS_DIR={out / 'runs'}"]
+    if seed:
+        command.append(f"PARAMS=-p SEED {seed}")
+    if names:
+        command.append("NOTEBOOKS=" + " ".join(f"notebooks/{p.name}" for p in notebooks(names)))
+    start = time.perf_counter()
+    done = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-40:])
+        raise RuntimeError(f"make figures failed:\n{tail}")
+    each = {Path(nb).stem: float(s) for nb, s in DONE.findall(done.stdout)}
+    return {"wall_s": round(wall, 1), "notebooks": each, "log": done.stdout}
+
+
+#: The line the Makefile's ``figures`` prints when a notebook has run.
+DONE = re.compile(r"^== done (\S+) in (\d+) s$", re.MULTILINE)
+
+
+def run_times(names: list[str] | None, seed: int, in_place: bool = False) -> None:
+    """``make figures`` cold (a fresh data folder), then warm (the same folder again), with
+    ``-p SEED seed``. A seed other than the committed one (0) costs the same and doubles as a
+    seed run: its findings are merged as :func:`run_seeds` does. ``in_place``: the warm run
+    writes the notebooks and figures/ as ``make figures`` does (re-executing the committed
+    outputs from the run that was just timed)."""
+    if in_place and seed:
+        raise SystemExit("--in-place writes the committed notebooks: it needs --seed 0")
     rate_before = gemm_gflops()
-    params = {"SEED": str(seed)} if seed else None
+    rows: dict[str, dict[str, float]] = {}
+    walls: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="repgeo-times-") as tmp:
         env = fresh_env(Path(tmp), {})
-        rows: dict[str, dict[str, float]] = {}
         for phase in ("cold", "warm"):
-            for nb in notebooks(names):
-                seconds = execute(nb, Path(tmp) / nb.name, env, params)
-                rows.setdefault(nb.stem, {})[f"{phase}_s"] = round(seconds, 1)
-                print(f"{phase:4s} {nb.stem}: {seconds:7.1f} s", flush=True)
+            if in_place and phase == "warm":
+                figures_free = {k: v for k, v in env.items() if k != "REPGEO_FIGURES_DIR"}
+                run = make_figures(figures_free, None, seed, names)
+            else:
+                run = make_figures(env, Path(tmp) / phase, seed, names)
+            print(run["log"], flush=True)
+            walls[phase] = run["wall_s"]
+            for stem, seconds in run["notebooks"].items():
+                rows.setdefault(stem, {})[f"{phase}_s"] = seconds
         if seed:
             merge(
                 VARIATION_FILE,
@@ -165,14 +204,17 @@ def run_times(names: list[str] | None, seed: int) -> None:
                 collect_findings(Path(env["REPGEO_FIGURES_DIR"]), seed, names),
             )
     rate_after = gemm_gflops()
+    workers = int(os.environ.get("WORKERS", "2"))
     payload = {
         "machine": {**machine(), "threads": torch.get_num_threads(), "gemm_gflops_before": round(rate_before, 1),
                     "gemm_gflops_after": round(rate_after, 1),
                     "load_average_after": list(os.getloadavg())},
+        "command": "make figures" + (f" PARAMS='-p SEED {seed}'" if seed else ""),
+        "workers": workers,
         "seed": seed,
-        "notebooks": rows,
-        "total_cold_s": round(sum(r["cold_s"] for r in rows.values()), 1),
-        "total_warm_s": round(sum(r["warm_s"] for r in rows.values()), 1),
+        "notebooks": dict(sorted(rows.items())),
+        "total_cold_s": walls["cold"],
+        "total_warm_s": walls["warm"],
         "measured": time.strftime("%Y-%m-%d %H:%M"),
     }  # fmt: skip
     TIMES_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -223,13 +265,20 @@ def minutes(seconds: float) -> str:
 def times_table(record: dict) -> str:
     """The markdown table and its caption line from a ``notebook_times.json`` record."""
     m = record["machine"]
+    workers = record.get("workers", 1)
+    how = (
+        "its two chains side by side, one kernel each with the cores shared out, so the notebooks' "
+        "times overlap and the last row is the wall time of the whole command, not their sum"
+        if workers > 1
+        else "one notebook after another"
+    )
     lines = [
         f"Measured {record['measured']} on {m['cpu']} ({m['cores']} cores, {m['widest_isa']}, "
         f"float32 GEMM {m['gemm_gflops_before']:.0f}-{m['gemm_gflops_after']:.0f} GFLOP/s on "
         f"{m.get('threads', 'torch default')} threads), `SEED {record.get('seed', 0)}`, by "
-        f"`python benchmarks/notebooks.py times`: cold is a fresh data folder (everything trained), "
-        f"warm the same folder again (everything cached). On a machine of another GEMM rate, "
-        f"scale the cold times by the ratio.",
+        f"`python benchmarks/notebooks.py times`, which runs `make figures` ({how}): cold is a "
+        f"fresh data folder (everything trained), warm the same folder again (everything "
+        f"cached). On a machine of another GEMM rate, scale the cold times by the ratio.",
         "",
         "| notebook | cold (min) | warm (min) | reuses from cache | can be left out when short of time |",
         "|---|---:|---:|---|---|",
@@ -240,7 +289,7 @@ def times_table(record: dict) -> str:
             f"| `{stem}` | {minutes(row['cold_s'])} | {minutes(row['warm_s'])} | {needs} | {skip} |"
         )
     lines.append(
-        f"| all, in order | {minutes(record['total_cold_s'])} | {minutes(record['total_warm_s'])} | | |"
+        f"| `make figures` | {minutes(record['total_cold_s'])} | {minutes(record['total_warm_s'])} | | |"
     )
     return "\n".join(lines)
 
@@ -399,6 +448,10 @@ def main() -> None:
     times = sub.add_parser("times")
     times.add_argument("--notebooks", nargs="*")
     times.add_argument("--seed", type=int, default=0, help="SEED parameter (0: the committed run)")
+    times.add_argument(
+        "--in-place", action="store_true",
+        help="the warm run writes the committed notebooks and figures/ (needs --seed 0)",
+    )  # fmt: skip
     variation = sub.add_parser("variation")
     variation.add_argument("--config", required=True, choices=sorted(CONFIGS))
     variation.add_argument("--notebooks", nargs="*")
@@ -413,7 +466,7 @@ def main() -> None:
     seeds.add_argument("--notebooks", nargs="*")
     args = parser.parse_args()
     if args.job == "times":
-        run_times(args.notebooks, args.seed)
+        run_times(args.notebooks, args.seed, args.in_place)
     elif args.job == "seeds-table":
         run_seeds_table(args.write)
     elif args.job == "table":

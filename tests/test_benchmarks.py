@@ -44,8 +44,11 @@ def test_times_table_from_a_record():
     table = nb.times_table(record)
     assert "| `01_finetuning` | 7.5 | 0.5 |" in table
     assert "| `03_sae_training` | 12 | 1.1 |" in table  # ten minutes and over: whole minutes
-    assert "| all, in order | 20 | 1.6 |" in table
+    assert "| `make figures` | 20 | 1.6 |" in table
     assert "GEMM 90-89 GFLOP/s on 2 threads" in table and "`SEED 1`" in table
+    assert "one notebook after another" in table  # a record without "workers": a serial run
+    chains = nb.times_table({**record, "workers": 2})
+    assert "two chains side by side" in chains and "not their sum" in chains
 
 
 def test_readme_table_is_the_measured_one():
