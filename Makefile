@@ -23,10 +23,12 @@ SMOKE_PARAMS ?= -p GRID smoke -p N_PROBE 576 -p PYTHIA_EVERY 10000 -y 'FIT_RANGE
 NBVAL_FLAGS := --nbval-lax -p tests.nbval_tolerance --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-kernel-name $(KERNEL) --nbval-cell-timeout 1800 -p no:randomly
 # `make figures` and `make nbtest` run the notebooks as two chains side by side, one kernel each
-# with the cores shared out (THREADS torch threads a kernel), about 20 minutes each from cold on
+# with the cores shared out (THREADS torch threads a kernel), about 21 minutes each from cold on
 # 2 cores (README's table). Chain 1: 01's fine-tunes, then 03's SAE grid on them. Chain 2: the
 # LM notebooks (06's LM feeds 08 and 09), then 02, 05 and 04, which reuse 01's fine-tunes and
-# 03's SAEs and by then find them cached (or wait for them under the cache's lock).
+# 03's SAEs and by then find them cached (or wait for them under the cache's lock). The LAST
+# notebook (00, which reads every notebook's findings) runs once both chains are done; nbtest
+# puts it at the end of chain 2 (it checks 00 against the committed findings).
 # WORKERS=1 runs the notebooks one after another in NOTEBOOKS's order, on torch's default threads.
 WORKERS ?= 2
 THREADS ?= $(shell n=$$(( $$(nproc) / 2 )); echo $$(( n > 0 ? n : 1 )))
@@ -35,11 +37,13 @@ NBVAL_WORKERS ?= $(WORKERS)
 UNIT_WORKERS ?= $(WORKERS)
 NBVAL_THREADS ?= $(THREADS)
 CHAIN1 := 01 03
-CHAIN2 := 00 06 07 08 09 02 05 04
+CHAIN2 := 06 07 08 09 02 05 04
+LAST := 00
 nb_of = $(filter notebooks/$(1)_%,$(NOTEBOOKS))
 chain1 = $(strip $(foreach n,$(CHAIN1),$(call nb_of,$(n))))
+last = $(strip $(foreach n,$(LAST),$(call nb_of,$(n))))
 chain2_known = $(foreach n,$(CHAIN2),$(call nb_of,$(n)))
-chain2 = $(strip $(chain2_known) $(filter-out $(chain1) $(chain2_known),$(NOTEBOOKS)))
+chain2 = $(strip $(chain2_known) $(filter-out $(chain1) $(chain2_known) $(last),$(NOTEBOOKS)))
 # where `make figures` writes executed notebooks: in place for the quick profile, else
 # <RUNS_DIR>/<profile>/ (OUT_DIR overrides both; benchmarks/notebooks.py times uses it)
 OUT_DIR ?=
@@ -97,8 +101,9 @@ figures: ## execute every notebook with papermill (PROFILE=quick|paper, PARAMS="
 	  OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) run_chain $$log $$chain & pids="$$pids $$!"; done; \
 	status=0; for pid in $$pids; do wait $$pid || status=1; done; \
 	if [ $$status != 0 ]; then for log in $$logs/figures-chain*.log; do \
-	  echo "== last lines of $$log"; tail -n 40 $$log; done; fi; \
-	echo "== make figures: $$SECONDS s"; exit $$status
+	  echo "== last lines of $$log"; tail -n 40 $$log; done; exit $$status; fi; \
+	if [ -n "$(last)" ]; then run_chain "" $(last); fi; \
+	echo "== make figures: $$SECONDS s"
 
 smoke: ## every notebook's paper branch on tiny stand-ins (hub mirror in data/smoke-mirror/, all output in data/smoke/)
 	$(BIN)/python -m repgeo_utils.smoke build $(SMOKE_MIRROR)
@@ -120,7 +125,7 @@ nbtest: ## re-execute the committed research notebooks and compare their checked
 	  REPGEO_FIGURES_DIR=$$figs $(BIN)/python -m pytest $(NBVAL_FLAGS) -q $(NOTEBOOKS); exit $$?; fi; \
 	echo "nbval: two chains side by side, $(NBVAL_THREADS) torch thread(s) per kernel"; \
 	logs=$$(mktemp -d); pids=""; i=0; \
-	for chain in "$(chain1)" "$(chain2)"; do i=$$((i + 1)); if [ -z "$$chain" ]; then continue; fi; \
+	for chain in "$(chain1)" "$(strip $(chain2) $(last))"; do i=$$((i + 1)); if [ -z "$$chain" ]; then continue; fi; \
 	  OMP_NUM_THREADS=$(NBVAL_THREADS) MKL_NUM_THREADS=$(NBVAL_THREADS) REPGEO_FIGURES_DIR=$$figs \
 	    $(BIN)/python -m pytest $(NBVAL_FLAGS) -q $$chain > $$logs/chain$$i.log 2>&1 & pids="$$pids $$!"; done; \
 	status=0; for pid in $$pids; do wait $$pid || status=1; done; \
