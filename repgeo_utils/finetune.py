@@ -17,6 +17,7 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -327,6 +328,9 @@ def finetune_task(
             tok = dataset.map(tokenize, batched=True, remove_columns=["text"])
             tok = tok.rename_column("label", "labels")
             tok = tok.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
+            with warnings.catch_warnings():  # pyarrow 25 on how datasets asks for the sort
+                warnings.filterwarnings("ignore", "Specifying null_placement", FutureWarning)
+                validation = tok["validation"].sort("length")
         real_tokens = int(sum(tok["train"]["length"]))
         steps = math.ceil(settings.epochs * math.ceil(len(tok["train"]) / settings.batch_size))
         every = max(1, steps // EVALUATIONS)
@@ -365,7 +369,7 @@ def finetune_task(
             train_dataset=tok["train"],
             # sorted by length, so each evaluation batch pads little (accuracy and mean loss do
             # not depend on the order); the training order is the Trainer's, length-grouped
-            eval_dataset=tok["validation"].sort("length"),
+            eval_dataset=validation,
             data_collator=DataCollatorWithPadding(tokenizer),
             processing_class=tokenizer,
             compute_metrics=accuracy,
