@@ -109,15 +109,21 @@ def execute(
                "-p", "PROFILE", "quick", "--log-level", "WARNING"]  # fmt: skip
     for name, value in (params or {}).items():
         command += ["-p", name, value]
+    return run_command(command, env, f"{notebook.name} under {env}")[1]
+
+
+def run_command(command: list[str], env: dict[str, str], what: str) -> tuple[str, float]:
+    """Run ``command`` in the repository root with ``env`` added; its stdout and wall time in
+    seconds. A failure raises with the last 40 lines of its output."""
     start = time.perf_counter()
     done = subprocess.run(
         command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True
     )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
-        raise RuntimeError(f"{notebook.name} failed under {env}:\n{tail}")
-    return seconds
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-40:])
+        raise RuntimeError(f"{what} failed:\n{tail}")
+    return done.stdout, seconds
 
 
 def fresh_env(base: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -158,16 +164,9 @@ def make_figures(env: dict[str, str], out: Path | None, seed: int, names: list[s
         command.append(f"PARAMS=-p SEED {seed}")
     if names:
         command.append("NOTEBOOKS=" + " ".join(f"notebooks/{p.name}" for p in notebooks(names)))
-    start = time.perf_counter()
-    done = subprocess.run(
-        command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True
-    )
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-40:])
-        raise RuntimeError(f"make figures failed:\n{tail}")
-    each = {Path(nb).stem: float(s) for nb, s in DONE.findall(done.stdout)}
-    return {"wall_s": round(wall, 1), "notebooks": each, "log": done.stdout}
+    stdout, wall = run_command(command, env, "make figures")
+    each = {Path(nb).stem: float(s) for nb, s in DONE.findall(stdout)}
+    return {"wall_s": round(wall, 1), "notebooks": each, "log": stdout}
 
 
 #: The line the Makefile's ``figures`` prints when a notebook has run.
