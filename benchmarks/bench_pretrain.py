@@ -37,7 +37,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from repgeo_utils import lm
-from repgeo_utils.lm.standard import STANDARD_SETTINGS
+from repgeo_utils.lm.standard import STANDARD_SETTINGS, gemm_flops
 
 log = logging.getLogger("bench_pretrain")
 
@@ -58,18 +58,6 @@ SETTINGS: dict[str, lm.PretrainConfig] = {
         batch_size=16,
     ),  # fmt: skip
 }
-
-
-def gemm_flops(m: int, k: int, n: int, seconds: float = 1.0) -> float:
-    """Measured float32 FLOP/s of ``(m, k) @ (k, n)`` (2 m k n FLOPs a product)."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    for _ in range(3):
-        a @ b
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        reps += 1
-    return 2.0 * m * k * n * reps / (time.perf_counter() - start)
 
 
 def step_gemm_shapes(model, optimizer, batch, grad_clip) -> list[tuple[int, int, int]]:
