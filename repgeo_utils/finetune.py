@@ -20,6 +20,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 
 import datasets
@@ -32,7 +33,7 @@ from sklearn.metrics import (
     f1_score,
     precision_recall_fscore_support,
 )
-from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments
 
 from . import validate
 from .cache import cache_entry
@@ -233,6 +234,8 @@ def warmup_steps(warmup_ratio: float, optimisation_steps: int) -> int:
 def _check_optimizer(settings: FinetuneSettings, output_dir: Path) -> None:
     """Refuse, before the model loads, an optimiser the Trainer knows but cannot build here
     (most need a package of their own: bitsandbytes, GaLore, LOMO, ...)."""
+    from transformers import Trainer  # noqa: PLC0415  (about 8 s: only when training)
+
     args = TrainingArguments(output_dir=str(output_dir), optim=settings.optimizer, report_to="none")
     try:
         Trainer.get_optimizer_cls_and_kwargs(args)
@@ -243,21 +246,30 @@ def _check_optimizer(settings: FinetuneSettings, output_dir: Path) -> None:
         ) from err
 
 
-class _Trainer(Trainer):
-    """The Trainer with warmup given as a share of the optimisation steps.
+@cache
+def trainer_class() -> type:
+    """The Trainer with warmup given as a share of the optimisation steps (built on first use:
+    importing transformers' Trainer takes about 8 s, which notebooks that only read cached
+    fine-tunes need not pay)."""
+    from transformers import Trainer  # noqa: PLC0415  (as above)
 
-    transformers 5 has no ``warmup_ratio`` argument: ``warmup_steps`` below 1 is read as a
-    ratio and from 1 on as a count of steps, so a ratio of 1.0 passed there would warm up for
-    one step. The count is set here from the number of steps the Trainer has worked out (the
-    same ``ceil(ratio * steps)`` it uses for a ratio below 1)."""
+    class WarmupRatioTrainer(Trainer):
+        """The Trainer with warmup given as a share of the optimisation steps.
 
-    def __init__(self, *args, warmup_ratio: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.warmup_ratio = warmup_ratio
+        transformers 5 has no ``warmup_ratio`` argument: ``warmup_steps`` below 1 is read as a
+        ratio and from 1 on as a count of steps, so a ratio of 1.0 passed there would warm up for
+        one step. The count is set here from the number of steps the Trainer has worked out (the
+        same ``ceil(ratio * steps)`` it uses for a ratio below 1)."""
 
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        self.args.warmup_steps = warmup_steps(self.warmup_ratio, num_training_steps)
-        return super().create_scheduler(num_training_steps, optimizer)
+        def __init__(self, *args, warmup_ratio: float = 0.0, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.warmup_ratio = warmup_ratio
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            self.args.warmup_steps = warmup_steps(self.warmup_ratio, num_training_steps)
+            return super().create_scheduler(num_training_steps, optimizer)
+
+    return WarmupRatioTrainer
 
 
 def finetune_task(
@@ -342,7 +354,7 @@ def finetune_task(
             per_device_train_batch_size=settings.batch_size,
             per_device_eval_batch_size=max(64, settings.batch_size),
             weight_decay=settings.weight_decay,
-            # set by _Trainer once the number of optimisation steps is known
+            # set by trainer_class()'s Trainer once the number of optimisation steps is known
             warmup_steps=0,
             lr_scheduler_type=settings.lr_scheduler,
             optim=settings.optimizer,
@@ -363,7 +375,7 @@ def finetune_task(
         def accuracy(pred):
             return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
 
-        trainer = _Trainer(
+        trainer = trainer_class()(
             model=model,
             args=args,
             train_dataset=tok["train"],

@@ -161,7 +161,7 @@ def test_warmup_ratio_is_a_share_of_the_optimisation_steps(
     from repgeo_utils import finetune
 
     seen: dict = {}
-    build = finetune._Trainer.create_scheduler
+    build = finetune.trainer_class().create_scheduler
 
     def capture(self, num_training_steps, optimizer=None):
         scheduler = build(self, num_training_steps, optimizer)
@@ -169,7 +169,7 @@ def test_warmup_ratio_is_a_share_of_the_optimisation_steps(
         seen["lr"] = [scheduler.lr_lambdas[0](s) for s in range(num_training_steps + 1)]
         raise _SchedulerSeen
 
-    monkeypatch.setattr(finetune._Trainer, "create_scheduler", capture)
+    monkeypatch.setattr(finetune.trainer_class(), "create_scheduler", capture)
     settings = replace(FAST, epochs=2, warmup_ratio=ratio)
     with pytest.raises(_SchedulerSeen):
         finetune_task(
