@@ -608,6 +608,10 @@ def test_spearman_exact_and_critical_rho_by_hand():
     assert rho == pytest.approx(1.0) and p == pytest.approx(1 / 3) and how.startswith("exact")
     # n = 4, perfect order: 2 of 24 -> p = 1/12
     assert pt.spearman([1, 2, 3, 4], [4, 3, 2, 1])[1] == pytest.approx(1 / 12)
+    # ties: y's ranks are 1.5, 1.5, 3.5, 3.5; of the 24 orderings, the 8 that keep both low
+    # ranks together at one end reach rho = 4 / sqrt(5 * 4) -> p = 1/3
+    rho, p, _ = pt.spearman([1, 2, 3, 4], [1, 1, 2, 2])
+    assert rho == pytest.approx(4 / 20**0.5) and p == pytest.approx(1 / 3)
     # the usual tables' two-sided 5% critical values: n = 5 needs 1.0, n = 7 0.786
     assert pt.critical_rho(3) is None and pt.critical_rho(4) is None
     assert pt.critical_rho(5) == pytest.approx(1.0)

@@ -17,6 +17,7 @@ that the sentences flip.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -516,12 +517,28 @@ def narrowing(curves: pd.DataFrame, *, start: str = "after DPO", end: str = "aft
 EXACT_MAX_N = 8
 
 
+@functools.cache
+def _orderings(n: int) -> np.ndarray:
+    """Every one of the n! orderings of ``range(n)``, one per row (read-only, shared)."""
+    perms = np.array(list(itertools.permutations(range(n))), dtype=np.intp)
+    perms.setflags(write=False)
+    return perms
+
+
 def _exact_rhos(n: int) -> np.ndarray:
     """Spearman rho of ranks 1..n against every one of their n! orderings."""
     ranks = np.arange(1, n + 1, dtype=float)
-    perms = np.array(list(itertools.permutations(range(n))), dtype=float) + 1
+    perms = _orderings(n) + 1.0
     d2 = ((perms - ranks) ** 2).sum(axis=1)
     return 1 - 6 * d2 / (n * (n * n - 1))
+
+
+def _permuted_rhos(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Pearson correlation of ``rx`` with ``ry`` in every one of its orderings (ranks with
+    ties allowed), all at once: permuting ``ry`` changes neither its mean nor its spread, so
+    only the cross products differ between orderings."""
+    cx, cy = rx - rx.mean(), ry - ry.mean()
+    return (cy[_orderings(len(ry))] @ cx) / math.sqrt(float(cx @ cx) * float(cy @ cy))
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, str]:
@@ -542,8 +559,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, str]
     if n > EXACT_MAX_N or not np.isfinite(rho):
         return rho, float(result.pvalue), "t approximation"
     rx, ry = stats.rankdata(xs), stats.rankdata(ys)
-    rhos = np.array([np.corrcoef(rx, ry[list(p)])[0, 1]
-                     for p in itertools.permutations(range(n))])  # fmt: skip
+    rhos = _permuted_rhos(rx, ry)
     return rho, float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12)), f"exact over {n}! orderings"
 
 
