@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -502,3 +503,46 @@ def test_old_spectral_names_forward_to_ablation_and_warn():
     assert Old is EigenBasis
     with pytest.raises(AttributeError, match="no attribute 'eigen_nothing'"):
         spectral.eigen_nothing  # noqa: B018
+
+
+def test_replayed_ablation_sweeps_give_the_same_bits(tiny_lm, tiny_bert):
+    """Replaying the unablated part of the model (upstream=...) changes no number of the sweep."""
+    from repgeo_utils.ablation import hooks
+    from repgeo_utils.models import load_model
+
+    model, tokenizer = tiny_lm
+
+    def lm_run():
+        return lm_loss_ablation(
+            model, tokenizer, LM_TEXTS[:5], LM_TEXTS[5:], [0, 3, 16], batch_size=2, progress=False
+        )
+
+    clf, clf_tok = load_model(
+        str(tiny_bert), kind="classifier", label_names=["a", "b", "c"], seed=0
+    )
+    _spread_weights(clf)
+
+    def clf_run():
+        return classifier_accuracy_ablation(
+            clf, clf_tok, CLF_TEXTS, CLF_TEXTS, CLF_LABELS, [0, 2, 16], batch_size=4, progress=False
+        )
+
+    replayed = [lm_run(), clf_run()]
+    original = hooks.ablation_sweep
+
+    def without_replay(*args, upstream=None, **kwargs):
+        return original(*args, **kwargs)
+
+    import repgeo_utils.ablation.measures as measures
+
+    measures.ablation_sweep, saved = without_replay, measures.ablation_sweep
+    try:
+        recomputed = [lm_run(), clf_run()]
+    finally:
+        measures.ablation_sweep = saved
+    for a, b in zip(replayed, recomputed, strict=True):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    with pytest.raises(ValueError, match="end with the ablated module"):
+        hooks.ablation_sweep(lambda: 0.0, clf.bert.encoder.layer[-1],
+                             fit_eigenbasis(torch.randn(40, 16)), [1],
+                             upstream=[clf.bert.embeddings])  # fmt: skip

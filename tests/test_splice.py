@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -284,3 +285,89 @@ def test_splice_errors(classifier):
         splice_fidelity(model, batches, {}, objective="regression", labels=LABELS)
     with pytest.raises(TypeError, match="SAE or a function"):
         splice_fidelity(model, batches, {1: {"a": 3}}, labels=LABELS)
+
+
+def _recomputing(monkeypatch):
+    """Make every Replay.replayed a no-op, so each variant recomputes the whole model."""
+    from contextlib import contextmanager
+
+    from repgeo_utils.ablation.hooks import Replay
+
+    @contextmanager
+    def recompute(self, upto=None):
+        self.outputs = [[] for _ in self.modules]  # recorded outputs must not be needed
+        yield self
+
+    monkeypatch.setattr(Replay, "replayed", recompute)
+
+
+def test_replayed_splices_give_the_same_bits_as_recomputing(classifier, tiny_lm, monkeypatch):
+    """The clean pass's upstream outputs, replayed, change no number of any variant (encoder
+    with a pad-bearing batch; causal LM including its final-norm index)."""
+
+    def half_sae(d: int) -> SparseAutoencoder:
+        sae = identity_sae(d)
+        with torch.no_grad():
+            sae.W_dec.mul_(0.5)
+        return sae
+
+    d = classifier[0].config.hidden_size
+    encoder_splices = {
+        0: {"half": half_sae(d)},
+        1: {"zero SAE": zero_sae(d)},
+        2: {"half": half_sae(d)},
+    }
+    lm_splices = {1: {"half": half_sae(16)}, 2: {"zero SAE": zero_sae(16)}}
+
+    def run():
+        model, tokenizer = classifier
+        enc = classifier_splice_fidelity(model, tokenizer, TEXTS, LABELS, encoder_splices,
+                                         max_length=32, batch_size=3)  # fmt: skip
+        lm, lm_tok = tiny_lm
+        dec = lm_splice_fidelity(lm, lm_tok, TEXTS, lm_splices, max_length=32, batch_size=4)
+        return enc, dec
+
+    replayed = run()
+    with monkeypatch.context() as m:
+        _recomputing(m)
+        recomputed = run()
+    for a, b in zip(replayed, recomputed, strict=True):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert replayed[0].set_index(["layer", "variant"]).loc[(1, "zero SAE"), "kl"] > 1e-4
+
+
+def test_upstream_modules_and_replay_errors(classifier, tiny_lm):
+    from repgeo_utils.ablation.hooks import Replay
+    from repgeo_utils.ablation.splice import upstream_modules
+
+    model, tokenizer = classifier
+    bert = model.bert
+    assert upstream_modules(model, 0) == [bert.embeddings]
+    assert upstream_modules(model, 2) == [bert.embeddings, *bert.encoder.layer[:2]]
+    lm, _ = tiny_lm
+    neox = lm.gpt_neox
+    assert upstream_modules(lm, -1)[-1] is neox.final_layer_norm
+    assert upstream_modules(lm, 1)[1:] == [neox.layers[0]]
+    assert upstream_modules(lm, 2)[-1] is hidden_state_module(lm, 2)[1]
+
+    replay = Replay(upstream_modules(model, 2))
+    a = tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
+    b = tokenizer(TEXTS[2:6], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        with replay.record():
+            clean = model(**a).logits
+        with replay.replayed():
+            assert torch.equal(model(**a).logits, clean)
+        with pytest.raises(RuntimeError, match="other inputs"), replay.replayed():
+            model(**b)
+        swapped = {k: v.flip(0) for k, v in a.items()}  # same shapes, other order of texts
+        with pytest.raises(RuntimeError, match="other inputs"), replay.replayed():
+            model(**swapped)
+        with pytest.raises(RuntimeError, match="ran more often"), replay.replayed():
+            model(**a)
+            model(**a)
+        with pytest.raises(RuntimeError, match="ran fewer times"), replay.replayed():
+            pass
+    assert "forward" not in bert.embeddings.__dict__  # the modules run normally again
+    with pytest.raises(ValueError, match="upto must be in"), replay.replayed(upto=9):
+        pass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -270,6 +270,7 @@ def ablation_sweep(
     ks: Sequence[int],
     modes: Sequence[str] = ABLATION_MODES,
     *,
+    upstream: Sequence[torch.nn.Module] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """``evaluate()`` without an ablation and under every ``(mode, k)`` ablation of ``module``.
@@ -281,6 +282,11 @@ def ablation_sweep(
     ``mode="none"``, ``k=basis.dim`` without any hook, then one row per mode and k in the
     order given. A RuntimeError is raised if ``evaluate()`` never ran ``module`` (an ablation
     that changes nothing). ``attrs`` holds ``dim`` and ``n_samples`` of the basis.
+
+    ``upstream``: the modules that make ``module``'s output, ending with ``module``
+    (``splice.upstream_modules``). The baseline pass records them and every ablated pass
+    replays them (:class:`Replay`): the same numbers, without recomputing the unablated part of
+    the model for every k. ``evaluate`` must then run the same batches each time.
     """
     if not callable(evaluate):
         raise TypeError("evaluate must be a zero-argument callable.")
@@ -291,12 +297,19 @@ def ablation_sweep(
     runs = [("none", basis.dim)] + [(m, k) for m in modes for k in ks]
     records = []
     metric_names: list[str] | None = None
+    replay = None if upstream is None else Replay(upstream)
+    if replay is not None and (not replay.modules or replay.modules[-1] is not module):
+        raise ValueError("upstream must end with the ablated module.")
     for mode, k in tqdm(runs, desc="eigen-ablation", disable=not progress):
         if mode == "none":
-            metrics = _as_metrics(evaluate())
+            with replay.record() if replay is not None else nullcontext():
+                metrics = _as_metrics(evaluate())
             fraction = 1.0
         else:
-            with eigen_ablation(module, basis, k, mode) as hook:
+            with (
+                replay.replayed() if replay is not None else nullcontext(),
+                eigen_ablation(module, basis, k, mode) as hook,
+            ):
                 metrics = _as_metrics(evaluate())
             if hook.calls == 0:
                 raise RuntimeError(
@@ -315,3 +328,117 @@ def ablation_sweep(
     table.attrs["dim"] = basis.dim
     table.attrs["n_samples"] = basis.n_samples
     return table
+
+
+# --- replaying the unchanged part of a forward pass ---------------------------------------------
+
+
+class Replay:
+    """The outputs of the modules upstream of an ablated or spliced layer, recorded on a clean
+    pass and handed back on later passes instead of computing them again.
+
+    A hook on ``hidden_states[L]`` changes nothing before it, so every variant of an ablation or
+    splice would otherwise recompute the same embeddings and layers ``1..L`` on the same inputs.
+    :meth:`record` captures each module's output (forward hooks; the outputs themselves, in call
+    order); inside :meth:`replayed`, each module's ``forward`` returns the next recorded output
+    without running, and the forward hooks on it (the ablation's, the splice's) still apply. The
+    results are the same bits as recomputing: the later modules get the very tensors a clean
+    pass gives them. A replayed pass whose first module gets other inputs than the recorded
+    pass (compared in full), or that calls a module more or fewer times, raises a RuntimeError
+    instead of returning another pass's states. Modules must not modify their inputs in place
+    (none of the Hugging Face layers do).
+    """
+
+    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
+        self.modules = list(modules)
+        self.outputs: list[list] = [[] for _ in self.modules]
+        #: the first tensor argument of each recorded call of the first module
+        self.inputs: list[torch.Tensor | None] = []
+
+    @staticmethod
+    def _first_tensor(args, kwargs) -> torch.Tensor | None:
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, torch.Tensor):
+                return value
+        return None
+
+    @contextmanager
+    def record(self) -> Iterator[Replay]:
+        """Within the block, every call of the modules is recorded (outputs unchanged)."""
+        self.outputs = [[] for _ in self.modules]
+        self.inputs = []
+        handles = []
+        for i, module in enumerate(self.modules):
+
+            def capture(_module, args, kwargs, output, i=i):
+                self.outputs[i].append(output)
+                if i == 0:
+                    self.inputs.append(self._first_tensor(args, kwargs))
+
+            handles.append(module.register_forward_hook(capture, with_kwargs=True))
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _check_input(self, at: int, got: torch.Tensor | None) -> None:
+        recorded = self.inputs[at]
+        if got is None and recorded is None:
+            return
+        if (
+            got is None
+            or recorded is None
+            or got.shape != recorded.shape
+            or not torch.equal(got, recorded)
+        ):
+            shapes = [None if t is None else tuple(t.shape) for t in (got, recorded)]
+            raise RuntimeError(
+                f"Replay: {type(self.modules[0]).__name__} got other inputs than in the recorded "
+                f"pass (call {at}: shape {shapes[0]}, recorded {shapes[1]})."
+            )
+
+    @contextmanager
+    def replayed(self, upto: int | None = None) -> Iterator[Replay]:
+        """Within the block, the first ``upto`` modules (all by default) return their recorded
+        outputs in order instead of running; leaving it checks that each was called exactly as
+        often as recorded."""
+        count = len(self.modules) if upto is None else upto
+        if not 0 <= count <= len(self.modules):
+            raise ValueError(f"upto must be in [0, {len(self.modules)}], got {upto}")
+        cursors = [0] * count
+        saved = []
+        for i, module in enumerate(self.modules[:count]):
+            saved.append(module.__dict__.get("forward"))
+
+            def forward(*args, i=i, **kwargs):
+                at = cursors[i]
+                if at >= len(self.outputs[i]):
+                    raise RuntimeError(
+                        f"Replay: {type(self.modules[i]).__name__} ran more often than in the "
+                        f"recorded pass ({len(self.outputs[i])} calls)."
+                    )
+                if i == 0:
+                    self._check_input(at, self._first_tensor(args, kwargs))
+                cursors[i] = at + 1
+                return self.outputs[i][at]
+
+            module.forward = forward
+        try:
+            yield self
+        finally:
+            for module, before in zip(self.modules[:count], saved, strict=True):
+                if before is None:
+                    del module.forward
+                else:
+                    module.forward = before
+        short = [
+            type(self.modules[i]).__name__
+            for i in range(count)
+            if cursors[i] != len(self.outputs[i])
+        ]
+        if short:
+            raise RuntimeError(
+                f"Replay: {', '.join(short)} ran fewer times than in the recorded pass; the "
+                "replayed pass did not repeat it."
+            )

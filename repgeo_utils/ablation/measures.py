@@ -38,6 +38,7 @@ from ..lm.sweeps import (
     resolve_max_length,
 )
 from .hooks import ABLATION_MODES, EigenBasis, ablation_sweep, check_ks, fit_eigenbasis
+from .splice import upstream_modules
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,16 @@ def final_representation_module(model):
         "GPT-NeoX (gpt_neox.final_layer_norm), Llama-like (model.norm), GPT-2 "
         "(transformer.ln_f) or BERT-like (base_model.encoder.layer[-1]) model."
     )
+
+
+def _upstream(model, module) -> list | None:
+    """The modules an ablation of the final representation ``module`` can replay
+    (``splice.upstream_modules``), or None for a model whose layers are not known."""
+    try:
+        modules = upstream_modules(model, int(model.config.num_hidden_layers))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return modules if modules and modules[-1] is module else None
 
 
 def _device(model):
@@ -209,7 +220,9 @@ def lm_loss_ablation(
             )
             return {"loss": loss}
 
-        table = ablation_sweep(evaluate, module, basis, ks, modes, progress=progress)
+        table = ablation_sweep(
+            evaluate, module, basis, ks, modes, upstream=_upstream(model, module), progress=progress
+        )
     table.attrs["n_fit_tokens"] = basis.n_samples
     return table
 
@@ -266,7 +279,9 @@ def classifier_accuracy_ablation(
             )
             return {"accuracy": float(np.mean(logits.argmax(-1) == labels))}
 
-        table = ablation_sweep(evaluate, module, basis, ks, modes, progress=progress)
+        table = ablation_sweep(
+            evaluate, module, basis, ks, modes, upstream=_upstream(model, module), progress=progress
+        )
     table.attrs["n_fit_tokens"] = basis.n_samples
     return table
 

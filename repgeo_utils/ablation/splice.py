@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 
 from ..lm.sweeps import causal_lm_batches
 from ..sae.model import SparseAutoencoder
+from .hooks import Replay
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,25 @@ def hidden_state_module(model, index: int) -> tuple[str, nn.Module]:
         module = layers[index - 1]
     names = {id(m): name for name, m in model.named_modules()}
     return names.get(id(module), type(module).__name__), module
+
+
+def upstream_modules(model, index: int) -> list[nn.Module]:
+    """The modules whose outputs a forward pass computes on the way to ``hidden_states[index]``,
+    in order, ending with :func:`hidden_state_module`'s: the embedding output and the layers
+    before it; for the last index of a causal LM with a final norm, every layer and that norm.
+    Replaying them (:class:`~repgeo_utils.ablation.hooks.Replay`) skips the part of the model an
+    ablation or splice at ``index`` does not change."""
+    _, target = hidden_state_module(model, index)
+    base = getattr(model, "base_model", model)
+    n_layers = int(model.config.num_hidden_layers)
+    index = int(index) % (n_layers + 1)
+    _, embedding = hidden_state_module(model, 0)
+    if index == 0:
+        return [embedding]
+    layers = list(_layers_of(base))
+    if index == n_layers and target is not layers[-1]:  # the final norm
+        return [embedding, *layers, target]
+    return [embedding, *layers[:index]]
 
 
 # --- the hook -------------------------------------------------------------------------------
@@ -373,16 +393,24 @@ def splice_fidelity(
     device = next(model.parameters()).device
     passes = {"clean": len(batches), "means": len(batches) if missing else 0, "reference": 0}
     passes["splice"] = 0
+    # the clean pass records the modules up to the deepest spliced layer; a variant at layer L
+    # replays those up to L and computes only what comes after (the same numbers, less work)
+    upstream = {layer: upstream_modules(model, layer) for layer in splices}
+    replay = Replay(max(upstream.values(), key=len))
     model.eval()
     with torch.inference_mode():
         for batch in tqdm(batches, desc="splice", disable=not progress):
             batch = _device_inputs(batch, device)
             mask = batch.mask
-            clean_logits = _run(model, batch)
+            with replay.record():
+                clean_logits = _run(model, batch)
             clean_logp = torch.log_softmax(clean_logits, -1)
             _score(clean, clean_logits, clean_logp, batch, mask, label_array, objective)
             for layer, label, kind, replacement in variants:
-                with splice(modules[layer], replacement) as hook:
+                with (
+                    replay.replayed(upto=len(upstream[layer])),
+                    splice(modules[layer], replacement) as hook,
+                ):
                     hook.mask = mask
                     logits = _run(model, batch)
                 if hook.calls != 1:
