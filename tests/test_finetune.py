@@ -183,3 +183,42 @@ def test_warmup_ratio_is_a_share_of_the_optimisation_steps(
     assert warmup == math.ceil(share * steps)
     if 0 < warmup < steps:
         assert lr[warmup] == 1.0 and lr[warmup - 1] < 1.0  # the peak is reached at step W
+
+
+def test_curve_rows_by_hand():
+    from repgeo_utils.finetune import curve_rows
+
+    assert curve_rows(5, seed=0, limit=8) == [0, 1, 2, 3, 4]
+    rows = curve_rows(300, seed=3, limit=150)
+    assert len(rows) == len(set(rows)) == 150 and rows == sorted(rows) and rows[-1] < 300
+    assert rows == curve_rows(300, seed=3, limit=150) != curve_rows(300, seed=4, limit=150)
+    with pytest.raises(ValueError, match="limit"):
+        curve_rows(10, seed=0, limit=0)
+
+
+def test_the_curve_sample_leaves_the_fine_tuned_weights_unchanged(
+    tiny_bert, separable_task, tmp_path, monkeypatch
+):
+    """Scoring fewer validation texts at each evaluation changes the curve only: the trained
+    weights are the same bits (the evaluations draw the same random numbers either way)."""
+    import torch
+
+    from repgeo_utils import finetune
+
+    settings = FinetuneSettings(learning_rate=3e-3, epochs=1, batch_size=16, max_length=16)
+    n_val = len(separable_task["validation"])
+    weights, curves = [], []
+    for limit in (n_val, 5):
+        monkeypatch.setattr(finetune, "CURVE_TEXTS", limit)
+        result = finetune_task(
+            str(tiny_bert), separable_task, settings, task="separable", seed=7, progress=False,
+            cache_root=tmp_path / f"cache{limit}",
+        )  # fmt: skip
+        model, _ = load_model(result.checkpoint, kind="classifier")
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        curves.append(result.history)
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert curves[0]["train_loss"].equals(curves[1]["train_loss"])
+    # 5 texts: accuracies in fifths
+    assert (curves[1]["val_accuracy"] * 5).round(9).mod(1).eq(0).all()
+    assert not curves[0]["val_loss"].equals(curves[1]["val_loss"])
