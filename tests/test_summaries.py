@@ -923,3 +923,21 @@ def test_quick_run_text_says_whether_the_live_run_agrees_with_the_seeds():
     assert rankme.endswith(", as in every benchmark seed")  # the seeds also went down
     assert "although every benchmark seed went up" in alpha  # the live run went down
     assert "benchmark seed" not in text.splitlines()[1]  # DPO: nothing robust there
+
+
+def test_verdict_lines_by_hand():
+    from repgeo_utils.summaries import posttraining as pt
+
+    live = pd.DataFrame({
+        "stage": ["SFT", "RL (GRPO)"], "measure": ["ID answer NLL", "alpha, probe texts"],
+        "relative": [-0.9312, float("nan")], "verdict": ["direction as in the paper", "n/a verdict"],
+    })  # fmt: skip
+    assert pt.verdict_lines(live, [("SFT", "ID answer NLL")]) == [
+        "      SFT | ID answer NLL        | -93.1% | direction as in the paper"
+    ]
+    seeds = {("RL (GRPO)", "alpha, probe texts"): "down"}
+    assert pt.verdict_lines(live, list(seeds), seeds) == [
+        "RL (GRPO) | alpha, probe texts   | n/a | n/a verdict | seeds: down in all three"
+    ]
+    with pytest.raises(KeyError, match="DPO"):
+        pt.verdict_lines(live, [("DPO", "ID answer NLL")])

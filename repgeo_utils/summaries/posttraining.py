@@ -169,6 +169,36 @@ def hidden_by_band(bench: pd.DataFrame) -> pd.DataFrame:
     return bench[bench["same sign in all seeds"] & inside]
 
 
+#: The stage whose live run is not reproducible across CPU kernel paths: GRPO samples its own
+#: training completions, so a last-digit difference in the logits changes what it trains on
+#: (``benchmarks/reproducibility.md``: its alpha change went from -3.5% to -0.0% under ATen's
+#: scalar kernels). Its verdicts rest on the benchmark seeds.
+SAMPLED_STAGE = "RL (GRPO)"
+
+
+def verdict_lines(
+    live: pd.DataFrame,
+    keys: Sequence[tuple[str, str]],
+    seeds: Mapping[tuple[str, str], str] | None = None,
+) -> list[str]:
+    """One line per ``(stage, measure)`` of ``keys`` from :func:`band_verdicts`'s table: the
+    stage, the measure, the relative change rounded to 0.1% and the verdict; with ``seeds``
+    (:func:`robust_measures`), the direction all benchmark seeds took as well."""
+    lines = []
+    for stage, measure in keys:
+        rows = live[(live["stage"] == stage) & (live["measure"] == measure)]
+        if rows.empty:
+            raise KeyError(f"no live row for stage {stage!r}, measure {measure!r}")
+        row = rows.iloc[0]
+        relative = float(row["relative"])
+        size = f"{100 * relative:+.1f}%" if np.isfinite(relative) else "n/a"
+        line = f"{stage:>9} | {measure:<20} | {size} | {row['verdict']}"
+        if seeds is not None:
+            line += f" | seeds: {seeds[(stage, measure)]} in all three"
+        lines.append(line)
+    return lines
+
+
 def robust_measures(bench: pd.DataFrame) -> dict[tuple[str, str], str]:
     """(stage, measure) -> ``"up"`` / ``"down"`` for the changes whose 2%-band direction was
     the same in every seed of the benchmark: the verdicts another seed or CPU would not flip.
