@@ -14,11 +14,18 @@ Three bounds, each measured in the same run:
   hidden -> vocabulary), which small hidden sizes run far below peak;
 - ``step_gemms``: every matrix product of one real training step (forward and backward,
   recorded by torch's profiler with their shapes), each timed alone at its own shape and
-  summed: the time a step would take if it did nothing but its products. This is the tightest
-  of the three: at hidden 128 the products themselves reach only part of the square peak, so
-  no implementation of this model reaches the square bound.
+  summed: the time a step would take if it did nothing but its products. Usually the tightest
+  of the three: where the step's products run below the square peak, no implementation of this
+  model reaches the square bound.
 
-    .venv/bin/python benchmarks/bench_pretrain.py [--threads 1 2] [--steps 30]
+The training steps, the step's products and the square product are timed in alternating rounds
+(``--rounds``) and the medians reported, with each round's ratios: these machines' speed drifts
+by a fifth within minutes (the square product read 48 to 79 GFLOP/s on one thread between runs),
+which a single block of steps followed by a single block of products would read as a change of
+efficiency. The model-shaped bound is still timed once per thread count. Like pretraining, the benchmark first calls ``lm.retain_freed_memory()``
+(``--default-malloc`` measures without it).
+
+    .venv/bin/python benchmarks/bench_pretrain.py [--threads 1 2] [--settings standard]
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import logging
 import math
 import os
 import platform
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -91,8 +99,10 @@ def flops_per_token(config: lm.PretrainConfig, matmul_params: int) -> float:
     return 6.0 * matmul_params + attention
 
 
-def measure(config: lm.PretrainConfig, steps: int, warmup: int) -> dict:
-    """Tokens/s of the real training step (``pretrain.train_step``) on real batches."""
+def measure(config: lm.PretrainConfig, steps: int, warmup: int, rounds: int) -> dict:
+    """Tokens/s of the real training step (``pretrain.train_step``) on real batches, and the
+    step's own products timed alone: in ``rounds`` alternating blocks (steps, then the
+    products), so a drift of the machine's speed reaches both sides of each round's ratio."""
     data = lm.prepare_corpus(config)
     tokenizer = data.load_tokenizer()
     model = lm.build_model(config, vocab_size=len(tokenizer))
@@ -100,28 +110,42 @@ def measure(config: lm.PretrainConfig, steps: int, warmup: int) -> dict:
     batches = lm.TokenBatches(data.train_ids, config.context_length, config.batch_size, 0)
     for step in range(warmup):
         lm.train_step(model, optimizer, batches.batch(step), config.grad_clip)
-    start = time.perf_counter()
-    for step in range(warmup, warmup + steps):
-        lm.train_step(model, optimizer, batches.batch(step), config.grad_clip)
-    seconds = time.perf_counter() - start
-    shapes = step_gemm_shapes(model, optimizer, batches.batch(warmup + steps), config.grad_clip)
-    step_gemm = gemm_seconds(shapes)
+    shapes = step_gemm_shapes(model, optimizer, batches.batch(warmup), config.grad_clip)
     params = lm.count_parameters(model)
     matmul_params = lm.count_parameters(model, non_embedding=True)
-    tokens = steps * config.tokens_per_step
+    cost = flops_per_token(config, matmul_params)
+    per_round = math.ceil(steps / rounds)
+    step_seconds, gemm_step_seconds, square_fractions = [], [], []
+    step = warmup + 1
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(per_round):
+            lm.train_step(model, optimizer, batches.batch(step), config.grad_clip)
+            step += 1
+        step_seconds.append((time.perf_counter() - start) / per_round)
+        gemm_step_seconds.append(gemm_seconds(shapes, seconds=0.03))
+        square_bound = gemm_flops(1024, 1024, 1024, seconds=0.1) / cost  # tokens/s
+        square_fractions.append(config.tokens_per_step / step_seconds[-1] / square_bound)
+    fractions = [gemm / secs for gemm, secs in zip(gemm_step_seconds, step_seconds, strict=True)]
+    seconds = statistics.median(step_seconds)
+    step_gemm = statistics.median(gemm_step_seconds)
     return {
         "parameters": params,
         "matmul_parameters": matmul_params,
-        "flops_per_token": flops_per_token(config, matmul_params),
-        "tokens_per_second": tokens / seconds,
-        "seconds": seconds,
-        "steps": steps,
+        "flops_per_token": cost,
+        "tokens_per_second": config.tokens_per_step / seconds,
+        "seconds": sum(step_seconds) * per_round,
+        "steps": rounds * per_round,
+        "rounds": rounds,
         "unembedding_gemm": [config.tokens_per_step, config.hidden_size, len(tokenizer)],
         "step_gemms": len(shapes),
         "step_gemm_seconds": step_gemm,
-        "step_seconds": seconds / steps,
+        "step_seconds": seconds,
+        "step_seconds_per_round": step_seconds,
         "bound_tokens_per_second_step_gemms": config.tokens_per_step / step_gemm,
-        "fraction_of_step_gemm_bound": step_gemm / (seconds / steps),
+        "fraction_of_step_gemm_bound": statistics.median(fractions),
+        "fraction_of_step_gemm_bound_per_round": fractions,
+        "fraction_of_square_bound_per_round": square_fractions,
     }
 
 
@@ -134,26 +158,40 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per setting")
     parser.add_argument("--min-tokens", type=int, default=100_000, help="timed tokens at least")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument(
+        "--rounds", type=int, default=15,
+        help="alternating blocks of timed steps and timed products (medians are reported)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--default-malloc", action="store_true",
+        help="leave glibc's allocator as it is (pretraining calls lm.retain_freed_memory())",
+    )  # fmt: skip
+    parser.add_argument(
+        "--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS),
+        help="which settings to measure (default: all)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    retained = False if args.default_malloc else lm.retain_freed_memory()
     rows: dict[str, dict] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         peak = gemm_flops(1024, 1024, 1024)
         log.info("square GEMM: %.1f GFLOP/s on %d threads", peak / 1e9, threads)
-        for name, config in SETTINGS.items():
+        for name in args.settings:
+            config = SETTINGS[name]
             steps = max(args.steps, math.ceil(args.min_tokens / config.tokens_per_step))
-            row = measure(config, steps, args.warmup)
+            row = measure(config, steps, args.warmup, args.rounds)
             shaped = gemm_flops(*row["unembedding_gemm"])
             row["threads"] = threads
             row["gemm_flops_square"] = peak
             row["gemm_flops_model_shape"] = shaped
             row["bound_tokens_per_second_square"] = peak / row["flops_per_token"]
             row["bound_tokens_per_second_model_shape"] = shaped / row["flops_per_token"]
-            row["fraction_of_square_bound"] = (
-                row["tokens_per_second"] / row["bound_tokens_per_second_square"]
-            )
+            row["fraction_of_square_bound"] = statistics.median(
+                row["fraction_of_square_bound_per_round"]
+            )  # each round's steps against a square product timed right after them
             row["fraction_of_model_shape_bound"] = (
                 row["tokens_per_second"] / row["bound_tokens_per_second_model_shape"]
             )
@@ -161,12 +199,17 @@ def main() -> None:
             rows[f"{name}@{threads}t"] = row
             log.info(
                 "%s, %d threads: %.0f tokens/s; GEMM bound %.0f (square) / %.0f (model-shaped) "
-                "/ %.0f (the step's own products) tokens/s; %.0f%% / %.0f%% / %.0f%% of it",
+                "/ %.0f (the step's own products) tokens/s; %.0f%% / %.0f%% / %.0f%% of it "
+                "(rounds: %.0f-%.0f%% of the square bound, %.0f-%.0f%% of the products')",
                 name, threads, row["tokens_per_second"], row["bound_tokens_per_second_square"],
                 row["bound_tokens_per_second_model_shape"],
                 row["bound_tokens_per_second_step_gemms"],
                 100 * row["fraction_of_square_bound"], 100 * row["fraction_of_model_shape_bound"],
                 100 * row["fraction_of_step_gemm_bound"],
+                100 * min(row["fraction_of_square_bound_per_round"]),
+                100 * max(row["fraction_of_square_bound_per_round"]),
+                100 * min(row["fraction_of_step_gemm_bound_per_round"]),
+                100 * max(row["fraction_of_step_gemm_bound_per_round"]),
             )  # fmt: skip
     payload = {
         "benchmark": "pretrain",
@@ -176,6 +219,7 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "retain_freed_memory": retained,
         "settings": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

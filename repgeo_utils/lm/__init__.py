@@ -76,6 +76,7 @@ from .model import (
     build_model,
     count_parameters,
     make_optimizer,
+    retain_freed_memory,
     train_step,
 )
 from .phases import (
@@ -157,6 +158,7 @@ __all__ = [
     "damaged_revisions",
     "list_revisions",
     "make_optimizer",
+    "retain_freed_memory",
     "prepare_corpus",
     "pretrain",
     "probe_texts",

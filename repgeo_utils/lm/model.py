@@ -7,6 +7,7 @@ and :func:`train_step`.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -292,6 +293,38 @@ def train_step(model, optimizer, input_ids, grad_clip: float | None = 1.0) -> fl
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
     optimizer.step()
     return float(loss.detach())
+
+
+#: glibc's ``mallopt`` parameters (malloc.h) and the values :func:`retain_freed_memory` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+RETAINED_BLOCK_BYTES = 64 << 20  # blocks below this come from the heap, not their own mmap
+RETAINED_TOP_BYTES = 128 << 20  # free memory kept at the heap's top before any goes back
+
+
+def retain_freed_memory() -> bool:
+    """Keep memory that torch frees in the process, ready for the next training step.
+
+    By default glibc gives large freed blocks back to the operating system (``munmap``, or
+    trimming the heap), so every training step faults its largest tensors in again: at the
+    standard setting the step's 8 x 64 x 1,024 logits and their gradient (2 MiB each), 433
+    page faults a step on the 2-core machine of ``benchmarks/results/pretrain.json``; 1,000
+    steps of the quick setting spent 3.2 s in the kernel. With glibc's mmap threshold raised to
+    64 MiB and its trim threshold to 128 MiB, the same blocks are reused (under 10 faults a
+    step) and the quick setting trains about 10% faster. The arithmetic is untouched: the
+    weights after training are the same bits (``tests/test_pretrain.py``).
+
+    Process-wide and permanent (the process keeps up to 128 MiB of free heap; its peak memory
+    grew by 6 MiB in that measurement). Returns whether it applied: False where the C library
+    has no ``mallopt`` (not glibc: macOS, musl), where nothing changes.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded into this process
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, RETAINED_BLOCK_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, RETAINED_TOP_BYTES)
+    )
 
 
 def make_optimizer(model, config: PretrainConfig, implementation: str = "fused"):
