@@ -22,8 +22,8 @@ The training steps, the step's products and the square product are timed in alte
 (``--rounds``) and the medians reported, with each round's ratios: these machines' speed drifts
 by a fifth within minutes (the square product read 48 to 79 GFLOP/s on one thread between runs),
 which a single block of steps followed by a single block of products would read as a change of
-efficiency. The model-shaped bound is still timed once per thread count. Like pretraining, the benchmark first calls ``lm.retain_freed_memory()``
-(``--default-malloc`` measures without it).
+efficiency. The model-shaped bound is still timed once per thread count. Like pretraining, the
+benchmark first calls ``lm.retain_freed_memory()`` (``--default-malloc`` measures without it).
 
     .venv/bin/python benchmarks/bench_pretrain.py [--threads 1 2] [--settings standard]
 """
@@ -101,8 +101,9 @@ def flops_per_token(config: lm.PretrainConfig, matmul_params: int) -> float:
 
 def measure(config: lm.PretrainConfig, steps: int, warmup: int, rounds: int) -> dict:
     """Tokens/s of the real training step (``pretrain.train_step``) on real batches, and the
-    step's own products timed alone: in ``rounds`` alternating blocks (steps, then the
-    products), so a drift of the machine's speed reaches both sides of each round's ratio."""
+    step's own products and the square product timed alone: in ``rounds`` alternating blocks
+    (steps, then the products), so a drift of the machine's speed reaches both sides of each
+    round's ratios."""
     data = lm.prepare_corpus(config)
     tokenizer = data.load_tokenizer()
     model = lm.build_model(config, vocab_size=len(tokenizer))
@@ -200,7 +201,7 @@ def main() -> None:
             log.info(
                 "%s, %d threads: %.0f tokens/s; GEMM bound %.0f (square) / %.0f (model-shaped) "
                 "/ %.0f (the step's own products) tokens/s; %.0f%% / %.0f%% / %.0f%% of it "
-                "(rounds: %.0f-%.0f%% of the square bound, %.0f-%.0f%% of the products')",
+                "(rounds: %.0f-%.0f%% of the square bound, %.0f-%.0f%% of the products)",
                 name, threads, row["tokens_per_second"], row["bound_tokens_per_second_square"],
                 row["bound_tokens_per_second_model_shape"],
                 row["bound_tokens_per_second_step_gemms"],
